@@ -1,0 +1,165 @@
+"""The RDM "predictor": a fixed spectral filter of the (all-gathered) batch feature matrix (spec §2a-2c).
+
+Notation: ``p`` is the N x D online output of one view, ``z`` the N x D target output of the other view,
+``p = U diag(s) V^T`` a thin SVD, and ``f`` the filter chosen by ``pred_type``::
+
+    poly : f(s) = s ** sigma        log  : f(s) = ln(s)
+    log_1: f(s) = ln(1 + s)         log_2: f(s) = ln(1 + s ** 2)
+
+solo-learn variant (CIFAR / ImageNet-100, ``solo/methods/rdm{simsiam,byol}.py``)
+    online: ``p <- p @ V diag(f(s_p)) V^T``                       (always the thin SVD of p)
+    target: ``z <- U_z diag(s_z ** (1 + sigma)) V_z^T``           (z's own spectrum; pred_type ignored)
+
+ImageNet variant (``imagenet/main_simsiam.py`` ``loss_function``)
+    basis from the online batch p (thin SVD when N < D, else ``eigh(p^T p)`` with ``s = sqrt(eigenvalues)``)
+    online: ``p <- p @ V diag(f(s_p)) V^T``
+    target: ``z <- z @ V_p diag(s_p ** sigma) V_p^T``             (the *other view's online* spectrum)
+
+The filter is built in fp32 under ``no_grad``; gradients flow into ``p`` through a constant matrix.
+
+Zero-singular-value guard (not in the original; ``guard=False`` reproduces it exactly). The original has no
+protection where ``f`` is singular at 0 (``log``, negative exponents): a numerically-zero singular value
+gives ``-inf``/``inf`` or a huge weight, and ``eigh`` may return tiny negative eigenvalues whose square root is
+NaN. With ``guard=True`` (default):
+
+* eigenvalues of ``p^T p`` are clamped at 0 before the square root (eigh branch);
+* when the map is singular at 0 (``log``; ``poly`` with a negative exponent: ``sigma`` online and for the
+  ImageNet target, ``1 + sigma`` for the solo target), singular values ``s <= tol`` are treated as exactly
+  zero and their direction gets weight 0 (dropped from the filter). ``tol = s_max * max(N, D) * eps32``
+  for an SVD, ``s_max * sqrt(D * eps32)`` for the eigh branch (error of ``eigh`` on ``p^T p``).
+
+Where every singular value is above ``tol`` (and no eigenvalue is negative) the guard selects the original
+values with ``torch.where``, so the output is bit-identical to the unguarded filter.
+"""
+from __future__ import annotations
+
+from typing import Tuple
+
+import torch
+
+PRED_TYPES = ("poly", "log", "log_1", "log_2")
+PRED_LOCATIONS = ("online", "target")
+EPS32 = torch.finfo(torch.float32).eps
+
+
+def check_pred_args(pred_type: str, pred_location: str, allow_mlp: bool = False) -> None:
+    """Raise a one-line error for unknown values (the original crashes with UnboundLocalError)."""
+    from core.errors import UserError
+
+    allowed = PRED_TYPES + (("mlp",) if allow_mlp else ())
+    if pred_type not in allowed:
+        raise UserError(f"unknown pred_type '{pred_type}' (choose one of {', '.join(allowed)})")
+    if pred_location not in PRED_LOCATIONS:
+        raise UserError(f"unknown pred_location '{pred_location}' (choose one of {', '.join(PRED_LOCATIONS)})")
+
+
+def spectral_map(s: torch.Tensor, pred_type: str, sigma: float) -> torch.Tensor:
+    """``f(s)`` of the table above, applied elementwise to singular values ``s``."""
+    if pred_type == "poly":
+        return s.pow(sigma)
+    if pred_type == "log":
+        return torch.log(s)
+    if pred_type == "log_1":
+        return torch.log(1 + s)
+    if pred_type == "log_2":
+        return torch.log(1 + s.pow(2))
+    raise ValueError(f"unknown pred_type {pred_type!r}")
+
+
+def singular_at_zero(pred_type: str, exponent: float) -> bool:
+    """True when ``f`` is unbounded at s = 0: ``log``, or ``poly`` with a negative exponent."""
+    return pred_type == "log" or (pred_type == "poly" and exponent < 0)
+
+
+def _guarded(values: torch.Tensor, s: torch.Tensor, tol: torch.Tensor, active: bool) -> torch.Tensor:
+    if not active:
+        return values
+    return torch.where(s > tol, values, torch.zeros_like(values))
+
+
+def svd_tol(s: torch.Tensor, n: int, d: int) -> torch.Tensor:
+    return s.max() * max(n, d) * EPS32
+
+
+def eigh_tol(s: torch.Tensor, d: int) -> torch.Tensor:
+    return s.max() * (d * EPS32) ** 0.5
+
+
+@torch.no_grad()
+def imagenet_basis(p: torch.Tensor, guard: bool = True) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Spectrum of the online batch as in ``imagenet/main_simsiam.py``: ``(s, V, tol)`` with V's columns the
+    right singular vectors. N < D: thin SVD of p (V is D x N); else eigh of ``p^T p`` (ascending, V is D x D)
+    and ``s = sqrt(eigenvalues)`` (clamped at 0 when guarded)."""
+    p = p.float()
+    b, d = p.shape
+    if b < d:
+        _, s, vh = torch.linalg.svd(p, full_matrices=False)
+        return s, vh.t(), svd_tol(s, b, d)
+    lam, v = torch.linalg.eigh(p.t() @ p)
+    if guard:
+        lam = torch.where(lam > 0, lam, torch.zeros_like(lam))
+    s = torch.sqrt(lam)
+    return s, v, eigh_tol(torch.nan_to_num(s), d)
+
+
+@torch.no_grad()
+def online_filter_solo(p: torch.Tensor, pred_type: str, sigma: float, guard: bool = True) -> torch.Tensor:
+    """solo-learn online filter ``W = V diag(f(s)) V^T`` (D x D, fp32) from the thin SVD of p."""
+    p = p.float()
+    _, s, vh = torch.linalg.svd(p, full_matrices=False)
+    f = spectral_map(s, pred_type, sigma)
+    f = _guarded(f, s, svd_tol(s, *p.shape), guard and singular_at_zero(pred_type, sigma))
+    return vh.t() @ torch.diag(f) @ vh
+
+
+@torch.no_grad()
+def target_transform_solo(z: torch.Tensor, sigma: float, guard: bool = True) -> torch.Tensor:
+    """solo-learn target map: ``U diag(s ** (1 + sigma)) V^T`` from z's own thin SVD (fp32)."""
+    z = z.float()
+    u, s, vh = torch.linalg.svd(z, full_matrices=False)
+    g = s.pow(1 + sigma)
+    g = _guarded(g, s, svd_tol(s, *z.shape), guard and singular_at_zero("poly", 1 + sigma))
+    return u @ torch.diag(g) @ vh
+
+
+@torch.no_grad()
+def online_filter_imagenet(p: torch.Tensor, pred_type: str, sigma: float, guard: bool = True) -> torch.Tensor:
+    """ImageNet online filter ``W = V diag(f(s)) V^T`` with the basis of :func:`imagenet_basis`."""
+    s, v, tol = imagenet_basis(p, guard)
+    f = _guarded(spectral_map(s, pred_type, sigma), s, tol, guard and singular_at_zero(pred_type, sigma))
+    return v @ torch.diag(f) @ v.t()
+
+
+@torch.no_grad()
+def target_filter_imagenet(p: torch.Tensor, sigma: float, guard: bool = True) -> torch.Tensor:
+    """ImageNet target filter ``W = V_p diag(s_p ** sigma) V_p^T`` (applied as ``z @ W``); pred_type ignored."""
+    s, v, tol = imagenet_basis(p, guard)
+    f = _guarded(s.pow(sigma), s, tol, guard and singular_at_zero("poly", sigma))
+    return v @ torch.diag(f) @ v.t()
+
+
+def apply_solo(p: torch.Tensor, z: torch.Tensor, pred_type: str, pred_location: str, sigma: float,
+               guard: bool = True) -> Tuple[torch.Tensor, torch.Tensor]:
+    """solo-learn ``loss(p, z)`` before the base loss: returns ``(p', z')`` for already-gathered p, z.
+
+    online: ``p' = p @ W.detach()`` (gradient into p through a constant W), ``z' = z``;
+    target: ``p' = p`` (no predictor), ``z' = U diag(s^(1+sigma)) V^T`` (no gradient).
+    Results keep the input dtype (the original casts W / z' to fp16 under AMP)."""
+    if pred_location == "online":
+        w = online_filter_solo(p, pred_type, sigma, guard)
+        return p @ w.to(p.dtype), z
+    if pred_location == "target":
+        return p, target_transform_solo(z, sigma, guard).to(z.dtype)
+    raise ValueError(f"unknown pred_location {pred_location!r}")
+
+
+def apply_imagenet(p: torch.Tensor, z: torch.Tensor, pred_type: str, pred_location: str, sigma: float,
+                   guard: bool = True) -> Tuple[torch.Tensor, torch.Tensor]:
+    """ImageNet ``loss_function`` before the cosine: ``(p @ W, z)`` online, ``(p, z @ W_p)`` target."""
+    if pred_location == "online":
+        w = online_filter_imagenet(p, pred_type, sigma, guard)
+        return p @ w.to(p.dtype), z
+    if pred_location == "target":
+        w = target_filter_imagenet(p, sigma, guard)
+        return p, (z.detach().float() @ w).to(z.dtype)
+    raise ValueError(f"unknown pred_location {pred_location!r}")
