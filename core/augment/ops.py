@@ -1,0 +1,65 @@
+"""Augmentation operations that torchvision does not provide with the originals' exact semantics."""
+from __future__ import annotations
+
+from typing import Callable, List, Sequence
+
+import torch
+from PIL import Image, ImageFilter, ImageOps
+
+
+class GaussianBlur:
+    """PIL ``ImageFilter.GaussianBlur(radius=sigma)`` with ``sigma ~ U[sigma_min, sigma_max]``.
+
+    This is the blur of MoCo v2 / SimSiam / BYOL / Barlow Twins / TWIST (``moco/loader.py``): the radius
+    is drawn uniformly and passed to PIL (which treats it as the standard deviation). Randomness comes from
+    torch's generator so runs are reproducible under :func:`core.data.seed_everything`.
+    """
+
+    def __init__(self, sigma: Sequence[float] = (0.1, 2.0)):
+        self.sigma = (float(sigma[0]), float(sigma[1]))
+
+    def __call__(self, img: Image.Image) -> Image.Image:
+        lo, hi = self.sigma
+        radius = lo + (hi - lo) * torch.rand(()).item()
+        return img.filter(ImageFilter.GaussianBlur(radius=radius))
+
+    def __repr__(self) -> str:
+        return f"GaussianBlur(sigma={self.sigma})"
+
+
+class Solarize:
+    """PIL ``ImageOps.solarize(img, threshold)``: pixels >= threshold are inverted (always applied;
+    wrap in ``RandomApply`` for a probability)."""
+
+    def __init__(self, threshold: int = 128):
+        self.threshold = threshold
+
+    def __call__(self, img: Image.Image) -> Image.Image:
+        return ImageOps.solarize(img, self.threshold)
+
+    def __repr__(self) -> str:
+        return f"Solarize(threshold={self.threshold})"
+
+
+class Equalize:
+    """PIL ``ImageOps.equalize``."""
+
+    def __call__(self, img: Image.Image) -> Image.Image:
+        return ImageOps.equalize(img)
+
+
+class MultiView:
+    """Apply each transform to the same image and return the list of views (two-crop / multi-crop)."""
+
+    def __init__(self, transforms: Sequence[Callable]):
+        self.transforms = list(transforms)
+
+    def __call__(self, img) -> List:
+        return [t(img) for t in self.transforms]
+
+    def __len__(self) -> int:
+        return len(self.transforms)
+
+    def __repr__(self) -> str:
+        inner = ",\n  ".join(repr(t) for t in self.transforms)
+        return f"MultiView([\n  {inner}])"

@@ -1,0 +1,332 @@
+"""The one training loop every paper folder uses.
+
+A model passed to :func:`train` maps a batch to ``(loss, logs)`` in its ``forward`` (so DDP wraps it
+directly); schedules, EMA updates and evaluations plug in as hooks. The loop provides AMP (bf16, or fp16
+with a GradScaler) and channels_last on CUDA, gradient clipping, a tqdm bar with loss / lr / images/s,
+TensorBoard scalars, ``log.txt`` JSON lines, an atomic checkpoint every epoch carrying every rank's RNG
+state (so a resumed run continues exactly), and a stop with a clear message on a non-finite loss.
+It synchronises with the host only every ``print_freq`` steps.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import torch
+import torch.nn as nn
+
+from core import dist
+from core.data.loader import set_loader_epoch
+from core.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from core.errors import UserError
+
+
+class TrainingDiverged(UserError):
+    """A non-finite loss: the run stops with the step and the loss terms (no checkpoint is written)."""
+
+
+@dataclass
+class EngineConfig:
+    epochs: int
+    output_dir: str
+    start_epoch: int = 0
+    amp: str = "auto"                 # auto (bf16 on CUDA, off on CPU) | bf16 | fp16 | off
+    clip_grad: float = 0.0            # max grad norm, 0 = off
+    clip_with_amp_only: bool = False  # TWIST: clipping only happens in the AMP branch
+    channels_last: bool = True        # on CUDA only
+    print_freq: int = 10
+    ckpt_names: Sequence[str] = ("checkpoint.pth",)   # formatted with epoch=<0-based epoch just finished>
+    save_every: int = 1
+    model_key: str = "model"
+    model_prefix: str = ""            # e.g. "module." for the originals' DDP layouts
+    resume: str = ""                  # path, or "auto" = first of ckpt_names in output_dir if present
+    max_steps_per_epoch: Optional[int] = None
+    tensorboard: bool = True
+    progress: bool = True
+    plot: bool = True
+    desc: str = "train"
+
+
+def amp_dtype(mode: str, device: torch.device) -> Optional[torch.dtype]:
+    """The autocast dtype for ``mode`` on ``device`` (None = no autocast). AMP runs on CUDA only."""
+    if device.type != "cuda" or mode == "off":
+        return None
+    if mode == "fp16":
+        return torch.float16
+    if mode in ("bf16", "auto"):
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    raise UserError(f"unknown amp mode '{mode}' (choose auto, bf16, fp16 or off)")
+
+
+def to_device(batch: Any, device: torch.device, channels_last: bool = False) -> Any:
+    if torch.is_tensor(batch):
+        batch = batch.to(device, non_blocking=True)
+        if channels_last and batch.ndim == 4 and batch.is_floating_point():
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        return batch
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(to_device(b, device, channels_last) for b in batch)
+    if isinstance(batch, dict):
+        return {k: to_device(v, device, channels_last) for k, v in batch.items()}
+    return batch
+
+
+def batch_images(batch: Any) -> int:
+    """Number of images in a batch: the leading dim of its first tensor (views of one sample count once)."""
+    if torch.is_tensor(batch):
+        return batch.shape[0]
+    if isinstance(batch, (list, tuple)) and batch:
+        return batch_images(batch[0])
+    if isinstance(batch, dict) and batch:
+        return batch_images(next(iter(batch.values())))
+    return 0
+
+
+def prepare_model(model: nn.Module, ctx: dist.DistContext, *, channels_last: bool = True,
+                  sync_bn: bool = False, ddp: bool = True, find_unused_parameters: bool = False):
+    """Move to the device (channels_last on CUDA), optionally SyncBN, wrap in DDP when distributed.
+    Returns ``(model, wrapped)``."""
+    model = model.to(ctx.device)
+    if ctx.device.type == "cuda" and channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if sync_bn:
+        model = dist.convert_sync_bn(model)
+    wrapped = dist.wrap_ddp(model, ctx, find_unused_parameters) if ddp else model
+    return model, wrapped
+
+
+def strip_prefix(state: Dict[str, Any], prefix: str) -> Dict[str, Any]:
+    if not prefix:
+        return state
+    return {(k[len(prefix):] if k.startswith(prefix) else k): v for k, v in state.items()}
+
+
+def load_model_state(model: nn.Module, state: Dict[str, Any], what: str = "checkpoint") -> None:
+    """``load_state_dict(strict=True)`` with a readable UserError on mismatching keys."""
+    missing, unexpected = _key_mismatch(model.state_dict(), state)
+    if missing or unexpected:
+        raise UserError(f"{what} does not match the model: {len(missing)} missing keys "
+                        f"{missing[:4]}, {len(unexpected)} unexpected keys {unexpected[:4]}")
+    model.load_state_dict(state)
+
+
+def _key_mismatch(expected: Dict, got: Dict):
+    return sorted(set(expected) - set(got)), sorted(set(got) - set(expected))
+
+
+class _Meter:
+    """Running sums of detached device tensors; read back only on :meth:`means`."""
+
+    def __init__(self):
+        self.sums: Dict[str, torch.Tensor] = {}
+        self.count = 0
+
+    def add(self, logs: Dict[str, torch.Tensor]) -> None:
+        for k, v in logs.items():
+            v = v.detach().float() if torch.is_tensor(v) else torch.tensor(float(v))
+            self.sums[k] = self.sums[k] + v if k in self.sums else v.clone()
+        self.count += 1
+
+    def means(self) -> Dict[str, float]:
+        if not self.count:
+            return {}
+        keys = list(self.sums)
+        vals = torch.stack([self.sums[k].reshape(()) for k in keys]).cpu() / self.count
+        return {k: float(v) for k, v in zip(keys, vals)}
+
+
+def train(model: nn.Module, optimizer: torch.optim.Optimizer, loader, cfg: EngineConfig,
+          ctx: Optional[dist.DistContext] = None, *,
+          before_step: Optional[Callable[[int, int], None]] = None,
+          after_step: Optional[Callable[[int, int], None]] = None,
+          end_epoch: Optional[Callable[[int], Dict[str, float]]] = None,
+          extra_state: Optional[Callable[[int], Dict[str, Any]]] = None,
+          load_extra_state: Optional[Callable[[Dict[str, Any]], None]] = None) -> List[Dict[str, float]]:
+    """Train ``model`` (possibly DDP-wrapped; ``model(batch) -> (loss, logs)``) for ``cfg.epochs`` epochs.
+
+    Hooks: ``before_step(step, total_steps)`` (set lr / wd / momentum), ``after_step(step, total_steps)``
+    (EMA), ``end_epoch(epoch) -> metrics`` (kNN, diagnostics), ``extra_state(epoch) -> dict`` (keys added to
+    each checkpoint, overriding defaults), ``load_extra_state(ckpt)`` on resume. Returns one dict per epoch.
+    """
+    ctx = ctx or dist.DistContext()
+    inner = dist.unwrap(model)
+    device = ctx.device
+    dtype = amp_dtype(cfg.amp, device)
+    scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
+    use_cl = cfg.channels_last and device.type == "cuda"
+    os.makedirs(cfg.output_dir, exist_ok=True)
+
+    steps_per_epoch = len(loader)
+    if cfg.max_steps_per_epoch:
+        steps_per_epoch = min(steps_per_epoch, cfg.max_steps_per_epoch)
+    if steps_per_epoch == 0:
+        raise UserError("the training loader is empty: fewer samples than one batch (drop_last) — use a "
+                        "smaller batch size or more data")
+    total_steps = cfg.epochs * steps_per_epoch
+    start_epoch, history = cfg.start_epoch, []
+
+    resume = cfg.resume
+    if resume == "auto":
+        cand = os.path.join(cfg.output_dir, cfg.ckpt_names[0].format(epoch=0))
+        resume = cand if os.path.isfile(cand) else ""
+    if resume:
+        ckpt = load_checkpoint(resume)
+        if cfg.model_key not in ckpt:
+            raise UserError(f"checkpoint '{resume}' has no '{cfg.model_key}' entry (keys: {sorted(ckpt)[:8]})")
+        load_model_state(inner, strip_prefix(ckpt[cfg.model_key], cfg.model_prefix), f"checkpoint '{resume}'")
+        if "optimizer" in ckpt:
+            optimizer.load_state_dict(ckpt["optimizer"])
+        eng = ckpt.get("engine", {})
+        start_epoch = eng.get("epoch", ckpt.get("epoch", 0))
+        history = list(eng.get("history", []))
+        if scaler is not None and eng.get("scaler"):
+            scaler.load_state_dict(eng["scaler"])
+        rngs = eng.get("rng")
+        if rngs and len(rngs) == ctx.world_size:
+            set_rng_state(rngs[ctx.rank])
+        if load_extra_state:
+            load_extra_state(ckpt)
+        print(f"=> resumed from '{resume}' at epoch {start_epoch}")
+
+    writer = None
+    if ctx.is_main and cfg.tensorboard:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(os.path.join(cfg.output_dir, "tb"))
+    step_losses = list(history[-1].get("_step_losses", [])) if history else []
+
+    for epoch in range(start_epoch, cfg.epochs):
+        set_loader_epoch(loader, epoch)
+        model.train()
+        meter, window = _Meter(), _Meter()
+        bad_step = torch.full((), -1, dtype=torch.long, device=device)
+        bad_logs: Dict[str, torch.Tensor] = {}
+        bar = None
+        if ctx.is_main and cfg.progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=steps_per_epoch, desc=f"{cfg.desc} epoch {epoch}", dynamic_ncols=True,
+                       mininterval=1.0, leave=True)
+        t_window, imgs_window = time.time(), 0
+        for i, batch in enumerate(loader):
+            if i >= steps_per_epoch:
+                break
+            step = epoch * steps_per_epoch + i
+            if before_step:
+                before_step(step, total_steps)
+            imgs_window += batch_images(batch) * ctx.world_size
+            batch = to_device(batch, device, use_cl)
+            with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+                loss, logs = model(batch)
+            logs = dict(logs)
+            logs.setdefault("loss", loss.detach())
+            notfinite = ~torch.isfinite(loss.detach())
+            first = notfinite & (bad_step < 0)
+            bad_step = torch.where(first, torch.full_like(bad_step, step), bad_step)
+            for k, v in logs.items():
+                v = v.detach().float().reshape(()) if torch.is_tensor(v) else torch.tensor(float(v))
+                bad_logs[k] = torch.where(first, v.to(device), bad_logs.get(k, v.to(device)))
+            optimizer.zero_grad(set_to_none=True)
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                if cfg.clip_grad > 0:
+                    scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                loss.backward()
+                if cfg.clip_grad > 0 and not (cfg.clip_with_amp_only and dtype is None):
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
+                optimizer.step()
+            if after_step:
+                after_step(step, total_steps)
+            meter.add(logs)
+            window.add(logs)
+            last = i == steps_per_epoch - 1
+            if (i + 1) % cfg.print_freq == 0 or last:
+                _check_finite(bad_step, bad_logs)
+                means = window.means()
+                lr = optimizer.param_groups[0]["lr"]
+                dt = max(time.time() - t_window, 1e-9)
+                ips = imgs_window / dt
+                step_losses.append((step, means.get("loss", float("nan"))))
+                if bar is not None:
+                    bar.set_postfix(loss=f"{means.get('loss', float('nan')):.4f}", lr=f"{lr:.3g}",
+                                    **{"img/s": f"{ips:.1f}"})
+                if writer is not None:
+                    for k, v in means.items():
+                        writer.add_scalar(f"train/{k}", v, step)
+                    writer.add_scalar("train/lr", lr, step)
+                    writer.add_scalar("train/images_per_sec", ips, step)
+                window, t_window, imgs_window = _Meter(), time.time(), 0
+            if bar is not None:
+                bar.update(1)
+        if bar is not None:
+            bar.close()
+        stats = {f"train_{k}": v for k, v in meter.means().items()}
+        stats["epoch"] = epoch
+        stats["lr"] = optimizer.param_groups[0]["lr"]
+        if end_epoch:
+            stats.update(end_epoch(epoch) or {})
+        history.append(stats)
+        if ctx.is_main:
+            print(json.dumps({k: v for k, v in stats.items()}), flush=True)
+            with open(os.path.join(cfg.output_dir, "log.txt"), "a") as f:
+                f.write(json.dumps(stats) + "\n")
+            if writer is not None:
+                for k, v in stats.items():
+                    if isinstance(v, (int, float)) and k != "epoch":
+                        writer.add_scalar(f"epoch/{k}", v, epoch)
+                writer.flush()
+        if (epoch + 1) % cfg.save_every == 0 or epoch + 1 == cfg.epochs:
+            _save(inner, optimizer, scaler, cfg, ctx, epoch, history, step_losses, extra_state)
+    if writer is not None:
+        writer.close()
+    if ctx.is_main and cfg.plot and history:
+        from core.engine.plots import plot_curves
+
+        plot_curves(step_losses, history, os.path.join(cfg.output_dir, "curves.png"), cfg.desc)
+    return history
+
+
+def _check_finite(bad_step: torch.Tensor, bad_logs: Dict[str, torch.Tensor]) -> None:
+    s = int(bad_step)
+    if s >= 0:
+        terms = ", ".join(f"{k}={float(v):.4g}" for k, v in bad_logs.items())
+        raise TrainingDiverged(f"non-finite loss at step {s}: {terms}")
+
+
+def _save(inner, optimizer, scaler, cfg, ctx, epoch, history, step_losses, extra_state) -> None:
+    rngs = _gather_rng(ctx)
+    if not ctx.is_main:
+        return
+    state_dict = inner.state_dict()
+    if cfg.model_prefix:
+        state_dict = {cfg.model_prefix + k: v for k, v in state_dict.items()}
+    hist = [dict(h) for h in history]
+    hist[-1]["_step_losses"] = list(step_losses)
+    state = {
+        cfg.model_key: state_dict,
+        "optimizer": optimizer.state_dict(),
+        "epoch": epoch + 1,
+        "engine": {"epoch": epoch + 1, "rng": rngs, "history": hist,
+                   "scaler": scaler.state_dict() if scaler is not None else None},
+    }
+    if extra_state:
+        state.update(extra_state(epoch))
+    for name in cfg.ckpt_names:
+        save_checkpoint(state, os.path.join(cfg.output_dir, name.format(epoch=epoch)))
+
+
+def _gather_rng(ctx) -> List[Dict[str, Any]]:
+    mine = rng_state()
+    if not dist.is_dist() or ctx.world_size == 1:
+        return [mine]
+    out: List[Any] = [None] * ctx.world_size
+    torch.distributed.all_gather_object(out, mine)
+    return out
