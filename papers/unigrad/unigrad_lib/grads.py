@@ -20,6 +20,11 @@ import torch.nn.functional as Fn
 from core import dist
 
 
+def _f32(x: torch.Tensor) -> torch.Tensor:
+    """At least fp32 (fp64 inputs stay fp64)."""
+    return x if x.dtype == torch.float64 else x.float()
+
+
 def surrogate(g: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     """mean_i <sg(g_i), u_i>: d/du_i = g_i / B."""
     return (g.detach() * u).sum(dim=1).mean()
@@ -35,7 +40,7 @@ def symmetric_surrogate(g1, u1, g2, u2) -> torch.Tensor:
 def batch_correlation(t1: torch.Tensor, t2: torch.Tensor, reduce: bool = True) -> torch.Tensor:
     """F_hat = (T1^T T1 + T2^T T2) / (2 B): uncentred second moment of the targets of both views, computed
     per rank on the local batch and averaged over ranks (original: all_reduce sum / world_size)."""
-    t1, t2 = t1.float(), t2.float()
+    t1, t2 = _f32(t1), _f32(t2)
     f = (t1.t() @ t1 + t2.t() @ t2) / (2 * t1.shape[0])
     return dist.all_reduce_mean(f) if reduce else f
 
@@ -60,7 +65,7 @@ def contrastive_grad(u: torch.Tensor, pos: torch.Tensor, keys: torch.Tensor, tau
     """Contrastive (SimCLR form, ``loss_simclr_grad_mm``): (1/tau) (-u_2 + sum_v s_v v) with
     s_v = softmax_v(u_1 . v / tau) over every key in ``keys`` (both views of the global batch, the positive
     included, no mask). Equals d/du_1 of InfoNCE with the keys held constant."""
-    s = torch.softmax((u @ keys.t()).float() / tau, dim=1).to(u.dtype)
+    s = torch.softmax(_f32(u @ keys.t()) / tau, dim=1).to(u.dtype)
     return (-pos + s @ keys) / tau
 
 
@@ -68,7 +73,7 @@ def contrastive_grad(u: torch.Tensor, pos: torch.Tensor, keys: torch.Tensor, tau
 def moco_grad(u: torch.Tensor, pos: torch.Tensor, queue: torch.Tensor, tau: float) -> torch.Tensor:
     """Contrastive (MoCo form): as :func:`contrastive_grad` with V = {own positive u_2} + queue of past keys,
     i.e. d/du_1 of MoCo's InfoNCE  -log exp(u_1.u_2/tau) / (exp(u_1.u_2/tau) + sum_q exp(u_1.q/tau))."""
-    logits = torch.cat([(u * pos).sum(1, keepdim=True), u @ queue.t()], dim=1).float() / tau
+    logits = _f32(torch.cat([(u * pos).sum(1, keepdim=True), u @ queue.t()], dim=1)) / tau
     s = torch.softmax(logits, dim=1).to(u.dtype)
     return (-pos + s[:, :1] * pos + s[:, 1:] @ queue) / tau
 
@@ -77,12 +82,12 @@ def moco_grad(u: torch.Tensor, pos: torch.Tensor, queue: torch.Tensor, tau: floa
 def directpred_matrices(F: torch.Tensor, eps: float):
     """DirectPred predictor from F (``loss_byol_directpred_grad``): F = U diag(s) V^T, s_hat = s / max(s),
     W_p = U diag(clamp(sqrt(s_hat) + eps, min=1e-4)) V^T, A = F / max(s) + eps^2 I (fp32)."""
-    Ff = F.float()
+    Ff = _f32(F)
     U, s, Vh = torch.linalg.svd(Ff)
     s_max = s.max()
     d = torch.clamp(torch.sqrt(s / s_max) + eps, min=1e-4)
     W_p = U @ torch.diag(d) @ Vh
-    A = Ff / s_max + (eps ** 2) * torch.eye(F.shape[0], device=F.device, dtype=torch.float32)
+    A = Ff / s_max + (eps ** 2) * torch.eye(F.shape[0], device=F.device, dtype=Ff.dtype)
     return W_p, A
 
 
@@ -92,7 +97,8 @@ def directpred_grad(u: torch.Tensor, pos: torch.Tensor, F: torch.Tensor, eps: fl
     g = (-pos W_p + lambda_i u A) / ||u W_p||, lambda_i = <u W_p, pos> / (u A u^T).
     With eps = 0 (A = W_p^T W_p) this is exactly d/du of -cos(u W_p, pos)."""
     W_p, A = directpred_matrices(F, eps)
-    uf, pf = u.float(), pos.float()
+    uf, pf = _f32(u), _f32(pos)
+    W_p, A = W_p.to(uf.dtype), A.to(uf.dtype)
     uw = uf @ W_p
     c = torch.linalg.norm(uw, dim=1, keepdim=True)
     ua = uf @ A

@@ -19,6 +19,11 @@ from unigrad_lib import grads
 from unigrad_lib.config import uses_momentum_encoder
 
 
+def _f32(x: torch.Tensor) -> torch.Tensor:
+    """At least fp32: the gradient forms run in fp32 also under fp16/bf16 autocast."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
 def projection_mlp(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Sequential:
     """``_projection_mlp``: Linear(no bias)-BN-ReLU, Linear(no bias)-BN-ReLU, Linear(bias)."""
     return nn.Sequential(
@@ -120,7 +125,7 @@ class SiameseNet(nn.Module):
     @torch.no_grad()
     def enqueue(self, keys: torch.Tensor) -> None:
         """Replace the oldest entries of the queue with ``keys`` (gathered over ranks, both views)."""
-        keys = dist.concat_all_gather(keys.detach().float())
+        keys = dist.concat_all_gather(keys.detach().to(self.queue.dtype))
         K, n = self.queue.shape[0], keys.shape[0]
         if n >= K:
             self.queue.copy_(keys[-K:])
@@ -170,8 +175,8 @@ class SiameseNet(nn.Module):
         z1, z2 = self.online(x1), self.online(x2)
         t1, t2 = self._targets(x1, x2, z1, z2)
         u1, u2 = grads.normalize(z1), grads.normalize(z2)
-        m1, m2 = grads.normalize(t1.float()), grads.normalize(t2.float())
-        u1d, u2d = u1.detach().float(), u2.detach().float()
+        m1, m2 = grads.normalize(_f32(t1)), grads.normalize(_f32(t2))
+        u1d, u2d = _f32(u1.detach()), _f32(u2.detach())
         if self.method == "unigrad":
             F = self.update_F(m1, m2)
             g1, g2 = grads.unigrad_grad(u1d, m2, F, c["lambd"]), grads.unigrad_grad(u2d, m1, F, c["lambd"])
@@ -201,7 +206,7 @@ class SiameseNet(nn.Module):
             g2 = grads.vicreg_grad(u2d, m1, U2.mean(0, keepdim=True), M2, c["lambd"], n)
         else:  # pragma: no cover - config.check rejects it
             raise UserError(f"no gradient form for method '{self.method}'")
-        loss = grads.symmetric_surrogate(g1, u1.float(), g2, u2.float())
+        loss = grads.symmetric_surrogate(g1, _f32(u1), g2, _f32(u2))
         pos_sim = 0.5 * ((u1d * m2).sum(1).mean() + (u2d * m1).sum(1).mean())
         return loss, {"pos_sim": pos_sim}, u1, u2
 
@@ -215,13 +220,13 @@ class SiameseNet(nn.Module):
         z1, z2 = self.online(x1m), self.online(x2m)
         t1, t2 = self._targets(x1, x2, z1, z2)
         u1, u2 = grads.normalize(z1), grads.normalize(z2)
-        m1, m2 = grads.normalize(t1.float()), grads.normalize(t2.float())
+        m1, m2 = grads.normalize(_f32(t1)), grads.normalize(_f32(t2))
         F = self.update_F(m1, m2)
         pos1 = a1 * m2 + (1 - a1) * m2[perm]
         pos2 = a2 * m1 + (1 - a2) * m1[perm]
-        u1d, u2d = u1.detach().float(), u2.detach().float()
+        u1d, u2d = _f32(u1.detach()), _f32(u2.detach())
         g1, g2 = grads.unigrad_grad(u1d, pos1, F, c["lambd"]), grads.unigrad_grad(u2d, pos2, F, c["lambd"])
-        loss = grads.symmetric_surrogate(g1, u1.float(), g2, u2.float())
+        loss = grads.symmetric_surrogate(g1, _f32(u1), g2, _f32(u2))
         pos_sim = 0.5 * ((u1d * pos1).sum(1).mean() + (u2d * pos2).sum(1).mean())
         return loss, {"pos_sim": pos_sim, "cutmix_area": torch.tensor(0.5 * (a1 + a2))}, u1, u2
 
