@@ -1,0 +1,193 @@
+"""TWIST self-supervised pre-training (bytedance/TWIST ``train.py`` + ``engine.train_one_epoch``).
+
+    python train.py --backbone vit_s                                   # one process, built-in data
+    python3 -m torch.distributed.launch --nproc_per_node=8 --use_env train.py --data-path DIR ...
+    torchrun --nproc_per_node=8 train.py ...                           # same; gloo on CPU
+
+``--eval_only 1 --resume CKPT`` runs the clustering evaluation (NMI, AMI, ARI, FMI, Hungarian ACC, top-5
+ACC) on the val split and saves the matching; ``--inference_only 1`` prints the top-10 classes of one image.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import torch
+
+from core import dist
+from core.data import build_dataset, build_loader, seed_everything
+from core.engine import EngineConfig, load_checkpoint, train
+from core.errors import UserError, cli_main
+from core.optim import apply_weight_decay, twist_lr
+from twist_lib.builder import (build_optimizer, build_twist, finalize_args, harder_transform, schedules,
+                               train_transform)
+from twist_lib.cluster import evaluate_clustering, inference, val_loader
+from twist_lib.config import get_args_parser
+from twist_lib.head import make_bunch_group
+from twist_lib.model import TwistMethod, ema_update
+
+
+def load_model_weights(model, state, what):
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise UserError(f"{what} does not match the model: missing {list(missing)[:4]}, "
+                        f"unexpected {list(unexpected)[:4]}")
+
+
+def main_worker(ctx: dist.DistContext, args) -> None:
+    args = finalize_args(args, ctx.world_size)
+    if args.use_lmdb:
+        raise UserError("--use-lmdb is not supported in this repo: pass an ImageFolder tree (DIR/train/<class>/) "
+                        "or 'synthetic' as --data-path")
+    seed_everything(args.seed, ctx.rank)
+    if ctx.device.type == "cuda":
+        torch.backends.cudnn.benchmark = not args.determine
+        torch.backends.cudnn.deterministic = bool(args.determine)
+    output_dir = args.output_dir or "."
+    os.makedirs(output_dir, exist_ok=True)
+    print(f"global crops: {args.global_crops_scale}\nlocal  crops: {args.local_crops_scale}")
+
+    bunch_group = None
+    if args.lbn_type == "bn":
+        bunch_group = make_bunch_group(ctx.world_size, ctx.rank, args.batch_size, args.bunch_size) \
+            if ctx.distributed else None
+    dev = ctx.device.type
+    model = build_twist(args, dev, bunch_group, ctx.distributed)
+    n_bb = sum(p.numel() for p in model.backbone.parameters() if p.requires_grad)
+    n_head = sum(p.numel() for p in model.projection_heads.parameters() if p.requires_grad)
+    print(f"number of backbone params:{n_bb / 1e6:.2f} M\nnumber of head params:{n_head / 1e6:.2f} M\n"
+          f"number of total params:{(n_bb + n_head) / 1e6:.2f} M")
+    model.to(ctx.device)
+
+    if args.eval_only or args.inference_only:
+        if not args.resume:
+            raise UserError("--eval_only / --inference_only need --resume CHECKPOINT")
+        ckpt = load_checkpoint(args.resume)
+        load_model_weights(model, ckpt.get("model", ckpt), f"checkpoint '{args.resume}'")
+        if args.eval_only:
+            loader = val_loader(args, ctx)
+            stats = evaluate_clustering(model, loader, ctx.device, args.tau, args.dim, output_dir,
+                                        save=ctx.is_main)
+            print({k: v for k, v in stats.items() if k not in ("match", "mapped_preds")})
+        else:
+            inference(model, args, ctx.device)
+        return
+
+    teacher = None
+    if args.use_momentum_encoder:
+        teacher = build_twist(args, dev, bunch_group, ctx.distributed).to(ctx.device)
+        teacher.load_state_dict(model.state_dict())
+        for p in teacher.parameters():
+            p.requires_grad = False
+
+    dataset = build_dataset(args.data_path, "train",
+                            train_transform(args.aug, args.img_size, args.local_crops_number,
+                                            args.global_crops_scale, args.local_crops_scale),
+                            image_size=args.img_size, num_samples=args.num_samples or None, seed=args.seed)
+    loader = build_loader(dataset, args.batch_size, shuffle=True, drop_last=True, num_workers=args.num_workers,
+                          pin_memory=args.pin_mem and dev == "cuda", seed=args.seed)
+    niter = len(loader)
+    if args.max_steps_per_epoch:
+        niter = min(niter, args.max_steps_per_epoch)
+    if niter == 0:
+        raise UserError(f"the training set ({len(dataset)} images) is smaller than one batch of "
+                        f"{args.batch_size} per process")
+    sched = schedules(args, niter)
+
+    method = TwistMethod(lam1=args.lam1, lam2=args.lam2, tau=args.tau, eps=args.EPS, mme_epochs=args.mme_epochs,
+                         style=args.crops_interact_style, multicrop=args.aug == "multicrop",
+                         threshold=args.threshold, teacher=teacher,
+                         watch=True)
+    model.attach(method)
+    wrapped = dist.wrap_ddp(model, ctx)
+    optimizer = build_optimizer(model, args)
+
+    mme_step = args.mme_epochs * niter
+    ckpt_path = os.path.join(output_dir, "checkpoint.pth")
+    mme_path = os.path.join(output_dir, "mme_ckpt.pth")
+
+    def before_step(step: int, total: int) -> None:
+        epoch = step // niter
+        method.epoch = epoch
+        lr = twist_lr(step, niter, args.epochs, args.mme_epochs, args.lr, args.lr_sl, args.sl_warmup_epochs)
+        for i, g in enumerate(optimizer.param_groups):
+            g["lr"] = lr * g.get("lr_scale", 1.0)
+        apply_weight_decay(optimizer, float(sched["wd"][step]))
+        if method.self_labeling():
+            off = step if args.crops_interact_style == "self_label" else step - mme_step
+            method.quantile = float(sched["quantile"][min(off, len(sched["quantile"]) - 1)])
+        if step == mme_step and step > 0 and ctx.is_main and os.path.isfile(ckpt_path) \
+                and not os.path.isfile(mme_path):
+            shutil.copyfile(ckpt_path, mme_path)  # the checkpoint of epoch mme_epochs - 1
+
+    def after_step(step: int, total: int) -> None:
+        if teacher is not None:
+            m = sched["momentum"]
+            ema_update(model, teacher, float(m[min(step, len(m) - 1)]))
+
+    switched = []
+
+    def switch_to_harder(epoch_next: int) -> None:
+        if (args.crops_interact_style == "sparse" and args.mme_epochs <= epoch_next < args.epochs
+                and not switched):
+            switched.append(epoch_next)
+            print("Switching to Harder Multi Crop")
+            method.multicrop = True
+            dataset.transform = harder_transform(args)
+
+    def end_epoch(epoch: int):
+        stats = {}
+        preds, labels = method.pop_predictions()
+        if preds is not None and (args.enable_watch or (epoch + 1) % 10 == 0):
+            from core.eval.clustering import cluster_metrics
+
+            m = cluster_metrics(preds, labels)
+            stats.update({"nmi": m["nmi"], "ami": m["ami"], "ari": m["ari"], "fscore": m["fmi"], "adjacc": -1.0})
+        if args.dim == 1000:
+            ev = evaluate_clustering(model, val_loader(args, ctx), ctx.device, args.tau, args.dim, output_dir,
+                                     save=False)
+            stats.update({f"val_{k}": v for k, v in ev.items() if k not in ("match", "mapped_preds")})
+        switch_to_harder(epoch + 1)
+        return stats
+
+    def extra_state(epoch: int):
+        state = {"backbone": model.backbone.state_dict(), "args": dict(vars(args)), "epoch": epoch}
+        if teacher is not None:
+            state.update({"teacher": teacher.state_dict(), "teacher_backbone": teacher.backbone.state_dict()})
+        return state
+
+    def load_extra_state(ckpt) -> None:
+        if teacher is not None:
+            if "teacher" in ckpt:
+                teacher.load_state_dict(ckpt["teacher"])
+            else:
+                teacher.load_state_dict(model.state_dict())
+        nxt = ckpt.get("engine", {}).get("epoch", ckpt.get("epoch", 0))
+        switch_to_harder(nxt)
+
+    if ctx.is_main and args.start_epoch == 0 and not args.resume:
+        with open(os.path.join(output_dir, "log.txt"), "a") as f:
+            f.write(json.dumps({k: v for k, v in vars(args).items()
+                                if isinstance(v, (int, float, str, bool, list, tuple, type(None)))}) + "\n")
+    cfg = EngineConfig(epochs=args.epochs, output_dir=output_dir, start_epoch=args.start_epoch,
+                       amp="fp16" if args.amp else "off", clip_grad=args.clip_norm, clip_with_amp_only=True,
+                       print_freq=10, ckpt_names=("checkpoint.pth",), model_key="model", resume=args.resume,
+                       max_steps_per_epoch=args.max_steps_per_epoch or None, desc="twist")
+    print(f"Start training for {args.epochs} epochs")
+    train(wrapped, optimizer, loader, cfg, ctx, before_step=before_step, after_step=after_step,
+          end_epoch=end_epoch, extra_state=extra_state, load_extra_state=load_extra_state)
+    if ctx.is_main and args.epochs == args.mme_epochs and os.path.isfile(ckpt_path):
+        shutil.copyfile(ckpt_path, mme_path)
+
+
+@cli_main
+def main(argv=None) -> None:
+    args = get_args_parser().parse_args(argv)
+    if args.batch_size < 1 or args.epochs < 1:
+        raise UserError("--batch-size and --epochs must be positive")
+    dist.launch(main_worker, args, dist_url=args.dist_url)
+
+
+if __name__ == "__main__":
+    main()
