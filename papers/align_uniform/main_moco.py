@@ -17,7 +17,6 @@ from core.data import build_dataset, build_loader, is_synthetic
 from core.data.datasets import TORCHVISION_SETS, split_dir
 from core.engine import EngineConfig, prepare_model, train
 from core.errors import UserError, cli_main
-from core.eval import collapse_metrics
 
 from au_lib import launch
 from au_lib.builder import MoCo
@@ -89,8 +88,11 @@ def main_worker(ctx, args) -> None:
                 group["lr"] = lr
 
     def diagnostics(epoch):
-        if model.last_qk is None:
+        """Collapse / alignment / uniformity diagnostics of the core on the last step's (q, k), main rank."""
+        if model.last_qk is None or not ctx.is_main:
             return {}
+        from core.eval import collapse_metrics  # lazy: spares every other rank the sklearn/scipy import
+
         q, k = model.last_qk
         return collapse_metrics(q, k, prefix="diag_")
 

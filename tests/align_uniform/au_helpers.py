@@ -1,0 +1,20 @@
+"""Small encoders for the builder tests (a ResNet-like ``fc`` at the end)."""
+import torch
+import torch.nn as nn
+
+
+class TinyNet(nn.Module):
+    def __init__(self, num_classes=8, in_dim=12, bn=False):
+        super().__init__()
+        layers = [nn.Linear(in_dim, 16)] + ([nn.BatchNorm1d(16)] if bn else []) + [nn.ReLU()]
+        self.body = nn.Sequential(*layers)
+        self.fc = nn.Linear(16, num_classes)
+
+    def forward(self, x):
+        return self.fc(self.body(x))
+
+
+def tiny(bn=False):
+    def ctor(num_classes):
+        return TinyNet(num_classes, bn=bn)
+    return ctor
