@@ -33,6 +33,8 @@ values with ``torch.where``, so the output is bit-identical to the unguarded fil
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 from typing import Tuple
 
 import torch
@@ -40,6 +42,16 @@ import torch
 PRED_TYPES = ("poly", "log", "log_1", "log_2")
 PRED_LOCATIONS = ("online", "target")
 EPS32 = torch.finfo(torch.float32).eps
+
+
+def fp32_filter(fn):
+    """Run a filter builder in fp32 with autocast off (the original does the SVD in fp32 under AMP)."""
+    @functools.wraps(fn)
+    def wrapper(x, *args, **kwargs):
+        ctx = torch.autocast("cuda", enabled=False) if x.is_cuda else contextlib.nullcontext()
+        with ctx, torch.no_grad():
+            return fn(x, *args, **kwargs)
+    return wrapper
 
 
 def check_pred_args(pred_type: str, pred_location: str, allow_mlp: bool = False) -> None:
@@ -85,7 +97,7 @@ def eigh_tol(s: torch.Tensor, d: int) -> torch.Tensor:
     return s.max() * (d * EPS32) ** 0.5
 
 
-@torch.no_grad()
+@fp32_filter
 def imagenet_basis(p: torch.Tensor, guard: bool = True) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Spectrum of the online batch as in ``imagenet/main_simsiam.py``: ``(s, V, tol)`` with V's columns the
     right singular vectors. N < D: thin SVD of p (V is D x N); else eigh of ``p^T p`` (ascending, V is D x D)
@@ -102,7 +114,7 @@ def imagenet_basis(p: torch.Tensor, guard: bool = True) -> Tuple[torch.Tensor, t
     return s, v, eigh_tol(torch.nan_to_num(s), d)
 
 
-@torch.no_grad()
+@fp32_filter
 def online_filter_solo(p: torch.Tensor, pred_type: str, sigma: float, guard: bool = True) -> torch.Tensor:
     """solo-learn online filter ``W = V diag(f(s)) V^T`` (D x D, fp32) from the thin SVD of p."""
     p = p.float()
@@ -112,7 +124,7 @@ def online_filter_solo(p: torch.Tensor, pred_type: str, sigma: float, guard: boo
     return vh.t() @ torch.diag(f) @ vh
 
 
-@torch.no_grad()
+@fp32_filter
 def target_transform_solo(z: torch.Tensor, sigma: float, guard: bool = True) -> torch.Tensor:
     """solo-learn target map: ``U diag(s ** (1 + sigma)) V^T`` from z's own thin SVD (fp32)."""
     z = z.float()
@@ -122,7 +134,7 @@ def target_transform_solo(z: torch.Tensor, sigma: float, guard: bool = True) -> 
     return u @ torch.diag(g) @ vh
 
 
-@torch.no_grad()
+@fp32_filter
 def online_filter_imagenet(p: torch.Tensor, pred_type: str, sigma: float, guard: bool = True) -> torch.Tensor:
     """ImageNet online filter ``W = V diag(f(s)) V^T`` with the basis of :func:`imagenet_basis`."""
     s, v, tol = imagenet_basis(p, guard)
@@ -130,7 +142,7 @@ def online_filter_imagenet(p: torch.Tensor, pred_type: str, sigma: float, guard:
     return v @ torch.diag(f) @ v.t()
 
 
-@torch.no_grad()
+@fp32_filter
 def target_filter_imagenet(p: torch.Tensor, sigma: float, guard: bool = True) -> torch.Tensor:
     """ImageNet target filter ``W = V_p diag(s_p ** sigma) V_p^T`` (applied as ``z @ W``); pred_type ignored."""
     s, v, tol = imagenet_basis(p, guard)

@@ -1,0 +1,68 @@
+"""SimSiam / RDM-SimSiam ImageNet pretraining (``imagenet/main_simsiam.py`` of the RDM repository).
+
+Every flag and default of the original (spec §3a). Ours: ``--no-rdm-guard``, ``--output-dir`` (default
+``.``, where the original writes checkpoints), ``--image-size`` (224), ``--max-steps-per-epoch``.
+The loop is :func:`core.engine.train` (fp32 as the original, no AMP); launch is :mod:`core.dist`.
+"""
+import torch
+
+from core import dist
+from core.augment import MultiView, moco_v2
+from core.data import build_dataset, build_loader, seed_everything
+from core.engine import EngineConfig, prepare_model, train
+from core.errors import UserError, cli_main
+from core.optim import cosine_epoch_lr
+from rdm_lib.diagnostics import RankMonitor
+from rdm_lib.imagenet_args import simsiam_parser
+from rdm_lib.models import ImageNetSimSiam
+
+
+def run(ctx, args):
+    if args.seed is not None:
+        seed_everything(args.seed, ctx.rank)
+    nprocs = max(1, ctx.world_size // max(1, args.world_size if args.world_size > 0 else 1))
+    batch = args.batch_size // nprocs if args.multiprocessing_distributed else args.batch_size
+    workers = (args.workers + nprocs - 1) // nprocs if args.multiprocessing_distributed else args.workers
+    if batch < 2:
+        raise UserError(f"batch size per process is {batch}; use -b of at least 2 per process")
+    model = ImageNetSimSiam(args.arch, args.dim, args.pred_dim, args.pred_type, args.pred_location, args.sigma,
+                            guard=not args.no_rdm_guard)
+    init_lr = args.lr * args.batch_size / 256  # infer learning rate before changing batch size
+    if args.fix_pred_lr:
+        params = [{"params": model.encoder.parameters(), "fix_lr": False},
+                  {"params": model.predictor.parameters(), "fix_lr": True}]
+    else:
+        params = model.parameters()
+    optimizer = torch.optim.SGD(params, init_lr, momentum=args.momentum, weight_decay=args.weight_decay)
+    inner, wrapped = prepare_model(model, ctx, sync_bn=True)
+
+    train_ds = build_dataset(args.data, "train", MultiView([moco_v2(args.image_size)] * 2),
+                             image_size=args.image_size)
+    loader = build_loader(train_ds, batch, shuffle=True, drop_last=True, num_workers=workers,
+                          seed=args.seed or 0)
+    spe = min(len(loader), args.max_steps_per_epoch or len(loader))
+
+    def before_step(step, total):  # adjust_learning_rate, once per epoch (cosine, no warmup)
+        if step % spe == 0:
+            lr = cosine_epoch_lr(init_lr, step // spe, args.epochs)
+            for g in optimizer.param_groups:
+                g["lr"] = init_lr if g.get("fix_lr", False) else lr
+
+    monitor = RankMonitor(lambda: inner, args.output_dir, ctx.is_main,
+                          title=f"{args.pred_type} {args.pred_location} sigma={args.sigma}")
+    cfg = EngineConfig(epochs=args.epochs, output_dir=args.output_dir, start_epoch=args.start_epoch, amp="off",
+                       print_freq=args.print_freq, ckpt_names=("checkpoint_{epoch:04d}.pth.tar",),
+                       model_key="state_dict", model_prefix="module.", resume=args.resume,
+                       max_steps_per_epoch=args.max_steps_per_epoch, desc="simsiam")
+    train(wrapped, optimizer, loader, cfg, ctx, before_step=before_step, after_step=monitor.after_step,
+          end_epoch=monitor.end_epoch, extra_state=lambda epoch: {"arch": args.arch})
+
+
+@cli_main
+def main(argv=None):
+    args = simsiam_parser().parse_args(argv)
+    dist.launch_from_args(run, args)
+
+
+if __name__ == "__main__":
+    main()
