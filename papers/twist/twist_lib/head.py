@@ -57,7 +57,7 @@ class GroupBatchNorm(nn.modules.batchnorm._BatchNorm):
         c = x.shape[1]
         dims = [0] + list(range(2, x.dim()))
         shape = [1, c] + [1] * (x.dim() - 2)
-        xf = x.float()
+        xf = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
         count = torch.full((1,), xf.numel() / c, dtype=xf.dtype, device=x.device)
         s = _all_reduce_sum(torch.cat([xf.sum(dims), count]), self.process_group)
         n = s[-1]

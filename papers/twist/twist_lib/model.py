@@ -14,6 +14,11 @@ from core import dist
 from twist_lib import loss as L
 
 
+def _full(x: torch.Tensor) -> torch.Tensor:
+    """Losses in at least float32 (AMP logits are half precision)."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
 class TWIST(nn.Module):
     """``train.TWIST``: crops of equal resolution go through the backbone together (one call for the global
     crops, one for the local crops), the head runs once on all (2 + L) B features, so the head's BNs and
@@ -87,7 +92,7 @@ class TwistMethod:
         if not self.multicrop:  # the original forces local_crops_number = 0 unless aug == multicrop
             crops = list(crops[:2])
         n = len(crops)
-        feats = net.logits(crops).float()
+        feats = _full(net.logits(crops))
         views = list(feats.chunk(n))
         logs: Dict[str, torch.Tensor] = dict(net.projection_heads.stats) if hasattr(
             net.projection_heads, "stats") else {}
@@ -95,7 +100,7 @@ class TwistMethod:
         teacher_views = None
         if self.teacher is not None:
             with torch.no_grad():
-                teacher_views = list(self.teacher.logits(crops[:2]).float().chunk(2))
+                teacher_views = list(_full(self.teacher.logits(crops[:2])).chunk(2))
 
         if self.self_labeling():
             out = L.self_label_loss(views, self.quantile, self.threshold, teacher_views, self.tau)
