@@ -162,3 +162,18 @@ def test_eigh_branch_negative_eigenvalues_guarded():
     p = t32(rank_deficient(40, 12, 6, 14))
     for t in PRED_TYPES:
         assert torch.isfinite(online_filter_imagenet(p, t, -1.0, guard=True)).all()
+
+
+def test_guard_solo_target_sigma_minus_one_drops_noise_direction():
+    """Centred z with N < D has rank N-1; s^(1+sigma) = s^0 = 1 would give the round-off singular pair full
+    weight. Guarded: U_r V_r^T on the r nonzero triplets (NumPy); unguarded: one extra unit singular value."""
+    n, d = 8, 20
+    z = well_conditioned(n, d, 21)
+    z = z - z.mean(0)
+    u, s, vh = np.linalg.svd(z, full_matrices=False)
+    want = u[:, :n - 1] @ vh[:n - 1]
+    _, got = apply_solo(t32(z), t32(z), "poly", "target", -1.0, guard=True)
+    np.testing.assert_allclose(got.numpy(), want, atol=1e-5)
+    _, raw = apply_solo(t32(z), t32(z), "poly", "target", -1.0, guard=False)
+    s_raw = np.linalg.svd(raw.numpy().astype(np.float64), compute_uv=False)
+    np.testing.assert_allclose(s_raw, np.ones(n), atol=1e-4)  # the original: n unit singular values

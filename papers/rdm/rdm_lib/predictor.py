@@ -24,8 +24,12 @@ NaN. With ``guard=True`` (default):
 
 * eigenvalues of ``p^T p`` are clamped at 0 before the square root (eigh branch);
 * when the map is singular at 0 (``log``; ``poly`` with a negative exponent: ``sigma`` online and for the
-  ImageNet target, ``1 + sigma`` for the solo target), singular values ``s <= tol`` are treated as exactly
-  zero and their direction gets weight 0 (dropped from the filter). ``tol = s_max * max(N, D) * eps32``
+  ImageNet target), singular values ``s <= tol`` are treated as exactly zero and their direction gets
+  weight 0 (dropped from the filter);
+* the solo target is replaced by ``U diag(s^(1+sigma)) V^T`` itself, so for ``1 + sigma <= 0`` (the README's
+  ``poly target -1``) a numerically-zero singular value would turn its arbitrary, round-off-determined
+  singular pair into a full-weight direction (``0^0 = 1``); such directions are dropped the same way. This
+  happens at every step of SimSiam with N < D, whose output BN centres the batch (rank <= N - 1). ``tol = s_max * max(N, D) * eps32``
   for an SVD, ``s_max * sqrt(D * eps32)`` for the eigh branch (error of ``eigh`` on ``p^T p``).
 
 Where every singular value is above ``tol`` (and no eigenvalue is negative) the guard selects the original
@@ -130,7 +134,7 @@ def target_transform_solo(z: torch.Tensor, sigma: float, guard: bool = True) -> 
     z = z.float()
     u, s, vh = torch.linalg.svd(z, full_matrices=False)
     g = s.pow(1 + sigma)
-    g = _guarded(g, s, svd_tol(s, *z.shape), guard and singular_at_zero("poly", 1 + sigma))
+    g = _guarded(g, s, svd_tol(s, *z.shape), guard and 1 + sigma <= 0)
     return u @ torch.diag(g) @ vh
 
 
