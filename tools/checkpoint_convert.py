@@ -75,7 +75,7 @@ _SECONDARY = ("encoder_k", "momentum", "target", "teacher", "ema", "key_encoder"
 # ----------------------------------------------------------------------------------------------- loading
 def _to_tensor(v):
     if isinstance(v, np.ndarray):
-        return torch.from_numpy(np.ascontiguousarray(v))
+        return torch.from_numpy(np.array(v, copy=True))  # keeps 0-d arrays 0-d
     return v
 
 

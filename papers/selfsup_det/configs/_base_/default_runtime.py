@@ -1,0 +1,2 @@
+log_interval = 50
+amp = "off"
