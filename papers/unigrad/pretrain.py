@@ -63,6 +63,8 @@ def main_worker(ctx: dist.DistContext, cfg) -> None:
     per_gpu = int(cfg.whole_batch_size / ctx.world_size)
     if per_gpu < 1:
         raise UserError(f"whole_batch_size={cfg.whole_batch_size} is smaller than the {ctx.world_size} processes")
+    transform = MultiView([moco_v2(cfg.image_size), moco_v2(cfg.image_size)])
+    train_set = make_dataset(cfg.train_datadir, "train", transform, cfg)
     model = SiameseNet(cfg)
     if ctx.is_main:
         print(model)
@@ -78,8 +80,6 @@ def main_worker(ctx: dist.DistContext, cfg) -> None:
         print(f"kNN top-1 of '{cfg.resume_path}': {acc:.2f}")
         return
 
-    transform = MultiView([moco_v2(cfg.image_size), moco_v2(cfg.image_size)])
-    train_set = make_dataset(cfg.train_datadir, "train", transform, cfg)
     loader = build_loader(train_set, per_gpu, shuffle=True, drop_last=True, num_workers=cfg.n_workers,
                           persistent_workers=True)
     spe = steps_per_epoch(loader, cfg)

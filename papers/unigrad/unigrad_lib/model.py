@@ -13,10 +13,15 @@ import torch
 import torch.nn as nn
 
 from core import dist
-from core.backbones import build_backbone
 from core.errors import UserError
 from unigrad_lib import grads
 from unigrad_lib.config import uses_momentum_encoder
+
+
+def build_backbone(name: str, **kw) -> nn.Module:
+    """core.backbones.build_backbone, imported on first use (timm makes that import slow)."""
+    from core.backbones import build_backbone as build
+    return build(name, **kw)
 
 
 def _f32(x: torch.Tensor) -> torch.Tensor:

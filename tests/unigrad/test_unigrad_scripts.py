@@ -1,0 +1,126 @@
+"""The seed's commands on the built-in data on CPU: run_pretrain.sh and run_linear.sh with 2 gloo processes,
+resume (F restored), original checkpoint layout in lineval, one-line errors."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from core.errors import UserError
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+FOLDER = os.path.abspath(os.path.join(HERE, "..", "..", "papers", "unigrad"))
+SHORT = ["train_datadir=synthetic", "test_datadir=synthetic", "arch=resnet_tiny", "projector_input_dim=128",
+         "projector_hidden_dim=32", "projector_output_dim=32", "image_size=32", "num_samples=32", "n_workers=0",
+         "whole_batch_size=8", "max_steps_per_epoch=1", "warmup_epochs=1", "print_freq=1", "save_freq=1"]
+
+
+def env():
+    e = dict(os.environ)
+    e["PATH"] = os.path.dirname(sys.executable) + os.pathsep + e.get("PATH", "")
+    e["PYTHON"] = sys.executable
+    e["OMP_NUM_THREADS"] = "1"
+    e["PORT"] = str(__import__("core.dist", fromlist=["free_port"]).free_port())
+    return e
+
+
+def load_script(name):
+    """Import a script of the folder under a repo-unique module name (in-process runs are cheaper)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(f"unigrad_script_{name}", os.path.join(FOLDER, f"{name}.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def run(cmd, cwd=FOLDER, timeout=240):
+    r = subprocess.run(cmd, cwd=cwd, env=env(), capture_output=True, text=True, timeout=timeout)
+    return r
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    work = tmp_path_factory.mktemp("pre")
+    r = run(["./run_pretrain.sh", "./configs/unigrad.py", "2"] + SHORT +
+            ["epochs=2", "knn_freq=2", f"work_dir={work}"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    return work
+
+
+def test_run_pretrain_two_processes(pretrained):
+    logs = [json.loads(l) for l in open(pretrained / "log.txt")]
+    assert [l["epoch"] for l in logs] == [0, 1]
+    assert "knn_top1" in logs[1] and 0 <= logs[1]["knn_top1"] <= 100
+    for k in ("train_loss", "train_pos_sim", "train_eff_rank", "train_align", "train_uniform"):
+        assert k in logs[0]
+    assert {"latest.pth.tar", "checkpoint_0.pth.tar", "checkpoint_1.pth.tar"} <= set(os.listdir(pretrained))
+    ck = torch.load(pretrained / "latest.pth.tar", weights_only=False)
+    assert int(ck["model"]["module.F_count"]) == 2 and torch.equal(ck["F"], ck["model"]["module.F"])
+    assert any(k.startswith("module.momentum_encoder.") for k in ck["model"])
+    assert abs(torch.trace(ck["F"]).item() - 1.0) < 1e-4  # EMA of trace-1 matrices
+
+
+def test_resume_restores_F(pretrained, tmp_path, monkeypatch, capsys):
+    ck = torch.load(pretrained / "latest.pth.tar", weights_only=False)
+    monkeypatch.chdir(FOLDER)
+    load_script("pretrain").main(["configs/unigrad.py"] + SHORT + [
+        "epochs=3", f"resume_path={pretrained / 'latest.pth.tar'}", f"work_dir={tmp_path}"])
+    assert "resumed from" in capsys.readouterr().out
+    new = torch.load(tmp_path / "latest.pth.tar", weights_only=False)
+    assert int(new["model"]["module.F_count"]) == 3 and new["epoch"] == 3
+    assert not torch.equal(new["F"], ck["F"])
+
+
+def test_run_linear_two_processes(pretrained, tmp_path):
+    r = run(["./run_linear.sh", str(pretrained / "latest.pth.tar"), "synthetic", "2", "-a", "resnet_tiny",
+             "--epochs", "1", "-b", "16", "--image-size", "32", "--num-samples", "32", "-j", "0",
+             "--max-steps-per-epoch", "1", "--save_name", str(tmp_path / "checkpoint.pth.tar")])
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "sanity check passed" in r.stdout and "best Acc@1" in r.stdout
+    assert (tmp_path / "model_best.pth.tar").exists()
+
+
+def test_lineval_loads_original_layout(tmp_path):
+    lineval = load_script("lineval")
+    from core.backbones import build_backbone
+    src = build_backbone("resnet_tiny")
+    for p in src.parameters():
+        torch.nn.init.normal_(p)
+    names = {"conv1": 0, "bn1": 1, "layer1": 4, "layer2": 5, "layer3": 6, "layer4": 7}
+    state = {f"module.encoder.{names[k.split('.')[0]]}.{k.split('.', 1)[1]}": v for k, v in src.state_dict().items()}
+    state["module.momentum_encoder.0.weight"] = torch.zeros(1)
+    torch.save({"model": state, "F": None}, tmp_path / "orig.pth.tar")
+    clf = lineval.build_classifier("resnet_tiny", 10)
+    lineval.load_pretrained(clf, str(tmp_path / "orig.pth.tar"))
+    for k, v in src.state_dict().items():
+        assert torch.equal(clf.state_dict()[k], v), k
+    torch.save({"model": {"module.encoder.9.weight": torch.zeros(1)}}, tmp_path / "bad.pth.tar")
+    with pytest.raises(UserError):
+        lineval.load_pretrained(clf, str(tmp_path / "bad.pth.tar"))
+
+
+def test_one_line_errors(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(FOLDER)
+    pretrain, lineval = load_script("pretrain"), load_script("lineval")
+    for args, msg in ((["configs/nope.py"], "config file"), (["configs/unigrad.py", "lambd"], "key=value"),
+                      (["configs/unigrad.py", "form=nope"], "form must be"),
+                      (["configs/unigrad.py", f"work_dir={tmp_path}"], "does not exist")):
+        with pytest.raises(SystemExit) as e:
+            pretrain.main(args)
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and msg in err and err.strip().count("\n") == 0, err
+    with pytest.raises(SystemExit) as e:
+        lineval.main(["--data", "synthetic", "--pretrained", str(tmp_path / "x.pth")])
+    assert e.value.code == 2 and "no checkpoint" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_seed_command_eight_processes(tmp_path):
+    """./run_pretrain.sh ./configs/unigrad.py 8 as printed (+ shortening keys): 8 gloo processes on CPU."""
+    r = run(["./run_pretrain.sh", "./configs/unigrad.py", "8"] + SHORT + ["whole_batch_size=16", "epochs=1",
+                                                                          f"work_dir={tmp_path}"], timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    ck = torch.load(tmp_path / "latest.pth.tar", weights_only=False)
+    assert int(ck["model"]["module.F_count"]) == 1
