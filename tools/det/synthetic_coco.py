@@ -62,12 +62,16 @@ def render_image(seed: int, split: str, index: int, size: int, max_objects: int 
         rot = float(rng.uniform(0, 2 * math.pi))
         colour = COLOURS[int(rng.integers(0, len(COLOURS)))]
         poly = _polygon(name, cx, cy, r, rot)
-        m = Image.new("L", (size, size), 0)
-        dm = ImageDraw.Draw(m)
-        dm.polygon(poly, fill=1)
-        if name == "ring":
+        poly = [(round(x, 2), round(y, 2)) for x, y in poly]
+        if name == "ring":  # rasterised here, stored as RLE
+            m = Image.new("L", (size, size), 0)
+            dm = ImageDraw.Draw(m)
+            dm.polygon(poly, fill=1)
             dm.polygon(_polygon("circle", cx, cy, r * 0.5, rot), fill=0)
-        mask = np.array(m, dtype=np.uint8)
+            mask = np.array(m, dtype=np.uint8)
+        else:  # rasterised exactly as a COCO reader will (pycocotools), so image, mask and box agree
+            flat = [c for pt in poly for c in pt]
+            mask = mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects([flat], size, size)))
         if mask.sum() < 4:
             continue
         ImageDraw.Draw(img).bitmap((0, 0), Image.fromarray(mask * 255), fill=colour)
@@ -82,7 +86,7 @@ def _annotation(ann: Dict, ann_id: int, image_id: int) -> Dict:
     out = {"id": ann_id, "image_id": image_id, "category_id": ann["category_id"], "iscrowd": 0,
            "area": float(mask_utils.area(rle)), "bbox": [x, y, w, h]}
     if ann["polygon"] is not None:
-        out["segmentation"] = [[round(c, 2) for pt in ann["polygon"] for c in pt]]
+        out["segmentation"] = [[c for pt in ann["polygon"] for c in pt]]
     else:
         rle["counts"] = rle["counts"].decode("ascii")
         out["segmentation"] = rle
