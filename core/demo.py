@@ -58,6 +58,9 @@ def main(argv=None):
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--lr", type=float, default=0.3, help="base lr per 256 images (SGD, warmup-cosine)")
+    p.add_argument("--optim", default="sgd", choices=["sgd", "adam"])
+    p.add_argument("--min-scale", type=float, default=0.4, help="RandomResizedCrop minimum area")
+    p.add_argument("--tau", type=float, default=0.2)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
@@ -67,7 +70,7 @@ def main(argv=None):
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     size = args.image_size
     views = MultiView([solo_pipeline(size, brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1,
-                                     min_scale=0.2, mean=IMAGENET_MEAN, std=IMAGENET_STD)] * 2)
+                                     min_scale=args.min_scale, mean=IMAGENET_MEAN, std=IMAGENET_STD)] * 2)
     train_set = SyntheticShapes(args.num_train, size, args.seed, "train", views, cache=True)
     mem_set = SyntheticShapes(args.num_train, size, args.seed, "train", eval_transform(size), cache=True)
     test_set = SyntheticShapes(args.num_test, size, args.seed, "val", eval_transform(size), cache=True)
@@ -75,26 +78,31 @@ def main(argv=None):
     mem_loader = build_loader(mem_set, 512, shuffle=False, drop_last=False, num_workers=0)
     test_loader = build_loader(test_set, 512, shuffle=False, drop_last=False, num_workers=0)
 
-    model = SimCLR(build_backbone("resnet_tiny", cifar_stem=True)).to(device)
+    model = SimCLR(build_backbone("resnet_tiny", cifar_stem=True), tau=args.tau).to(device)
     random_backbone = copy.deepcopy(model.backbone)
     print("evaluating the random-init backbone ...")
     before = evaluate(random_backbone, mem_loader, test_loader, device, 10)
 
     lr = args.lr * args.batch_size / 256
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
+    if args.optim == "sgd":
+        opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
+    else:
+        opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     steps = len(loader)
 
     def schedule(step, total):
         for g in opt.param_groups:
             g["lr"] = warmup_cosine(step, total, steps // 2, lr)
 
+    probe = [train_set[i][0] for i in range(256)]  # two augmented views of 256 fixed training images
+    probe = [torch.stack([v[0] for v in probe]).to(device), torch.stack([v[1] for v in probe]).to(device)]
+
     def end_epoch(epoch):
-        x, _ = next(iter(test_loader))
         with torch.no_grad():
             model.eval()
-            z = model.projector(model.backbone(x[:256].to(device)))
+            z1, z2 = (model.projector(model.backbone(x)) for x in probe)
             model.train()
-        return collapse_metrics(z[:128], z[128:256])
+        return collapse_metrics(z1, z2)
 
     cfg = EngineConfig(epochs=args.epochs, output_dir=args.out, print_freq=5, desc="SimCLR demo")
     train(model, opt, loader, cfg, before_step=schedule, end_epoch=end_epoch)

@@ -45,6 +45,7 @@ class EngineConfig:
     model_prefix: str = ""            # e.g. "module." for the originals' DDP layouts
     resume: str = ""                  # path, or "auto" = first of ckpt_names in output_dir if present
     max_steps_per_epoch: Optional[int] = None
+    stop_after_epochs: Optional[int] = None  # end this invocation after N epochs (time-limited jobs)
     tensorboard: bool = True
     progress: bool = True
     plot: bool = True
@@ -199,7 +200,10 @@ def train(model: nn.Module, optimizer: torch.optim.Optimizer, loader, cfg: Engin
         writer = SummaryWriter(os.path.join(cfg.output_dir, "tb"))
     step_losses = list(history[-1].get("_step_losses", [])) if history else []
 
-    for epoch in range(start_epoch, cfg.epochs):
+    last_epoch = cfg.epochs
+    if cfg.stop_after_epochs:
+        last_epoch = min(cfg.epochs, start_epoch + cfg.stop_after_epochs)
+    for epoch in range(start_epoch, last_epoch):
         set_loader_epoch(loader, epoch)
         model.train()
         meter, window = _Meter(), _Meter()
@@ -283,7 +287,7 @@ def train(model: nn.Module, optimizer: torch.optim.Optimizer, loader, cfg: Engin
                     if isinstance(v, (int, float)) and k != "epoch":
                         writer.add_scalar(f"epoch/{k}", v, epoch)
                 writer.flush()
-        if (epoch + 1) % cfg.save_every == 0 or epoch + 1 == cfg.epochs:
+        if (epoch + 1) % cfg.save_every == 0 or epoch + 1 in (cfg.epochs, last_epoch):
             _save(inner, optimizer, scaler, cfg, ctx, epoch, history, step_losses, extra_state)
     if writer is not None:
         writer.close()
