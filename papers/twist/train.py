@@ -19,9 +19,8 @@ from core import dist
 from core.data import build_dataset, build_loader, seed_everything
 from core.engine import EngineConfig, load_checkpoint, train
 from core.errors import UserError, cli_main
-from core.optim import apply_weight_decay, twist_lr
 from twist_lib.builder import (build_optimizer, build_twist, finalize_args, harder_transform, schedules,
-                               train_transform)
+                               set_step, train_transform)
 from twist_lib.cluster import evaluate_clustering, inference, val_loader
 from twist_lib.config import get_args_parser
 from twist_lib.head import make_bunch_group
@@ -110,10 +109,7 @@ def main_worker(ctx: dist.DistContext, args) -> None:
     def before_step(step: int, total: int) -> None:
         epoch = step // niter
         method.epoch = epoch
-        lr = twist_lr(step, niter, args.epochs, args.mme_epochs, args.lr, args.lr_sl, args.sl_warmup_epochs)
-        for i, g in enumerate(optimizer.param_groups):
-            g["lr"] = lr * g.get("lr_scale", 1.0)
-        apply_weight_decay(optimizer, float(sched["wd"][step]))
+        set_step(optimizer, args, sched, step, niter)
         if method.self_labeling():
             off = step if args.crops_interact_style == "self_label" else step - mme_step
             method.quantile = float(sched["quantile"][min(off, len(sched["quantile"]) - 1)])

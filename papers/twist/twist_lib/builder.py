@@ -11,7 +11,7 @@ import torch.nn as nn
 from core.augment import recipes
 from core.backbones import build_backbone
 from core.errors import UserError
-from core.optim import LARS, cosine_scheduler, param_groups, twist_warmup_epochs
+from core.optim import LARS, apply_weight_decay, cosine_scheduler, param_groups, twist_lr, twist_warmup_epochs
 from twist_lib.head import ProjectionHead, convert_sync_bn
 
 HARDER_GLOBAL_SCALE = (0.14, 1.0)
@@ -86,6 +86,24 @@ def finalize_args(args, world_size: int):
     args.base_lr, args.base_lr_sl = args.lr, args.lr_sl
     args.lr = args.lr * args.batch_size * world_size / 256.0
     args.lr_sl = args.lr_sl * args.batch_size * world_size / 256.0
+    if args.backbone.startswith("vit"):
+        from core.augment.recipes import local_size
+
+        sizes = [args.img_size] + ([local_size(args.img_size)] if args.aug == "multicrop" else [])
+        if any(s % args.patch_size for s in sizes):
+            raise UserError(f"ViT crops {sizes} px must be multiples of --patch-size {args.patch_size} "
+                            f"(e.g. --img_size 224 or 112)")
     args.global_crops_scale = (args.min1, args.max1)
     args.local_crops_scale = (args.min2, args.max2)
     return args
+
+
+def set_step(optimizer, args, sched: Dict[str, np.ndarray], step: int, niter: int) -> float:
+    """Per-iteration lr (``utils.adjust_learning_rate``: warm-up, cosine to 0.001 until mme_epochs, second
+    warm-up to lr_sl, cosine) on both groups (group 1 divided by ``--lr_wbr``) and the cosine weight decay
+    on group 0 only. Returns the group-0 lr."""
+    lr = twist_lr(step, niter, args.epochs, args.mme_epochs, args.lr, args.lr_sl, args.sl_warmup_epochs)
+    for g in optimizer.param_groups:
+        g["lr"] = lr * g.get("lr_scale", 1.0)
+    apply_weight_decay(optimizer, float(sched["wd"][step]))
+    return lr
