@@ -10,6 +10,7 @@ import sys
 import pytest
 import torch
 
+from au_helpers import load_script
 from core.data import write_imagefolder
 from core.dist import free_port
 
@@ -61,7 +62,7 @@ def test_seed_moco_four_gloo_processes(moco_ckpt):
     (["--aug-plus", "--mlp", "--cos"], "mocom0.999_align3alpha2_unif1t3_mlp_aug+_cos_b16_lr0.03_e120,160,2"),
 ])
 def test_seed_moco_variants(tmp_path, flags, folder):
-    import main_moco
+    main_moco = load_script("main_moco")
 
     main_moco.main(["synthetic"] + flags + SHORT + ["--batch-size", "16", "--moco-k", "32", "--num-samples", "32",
                                                   "--epochs", "2", "--max-steps", "1", "--results-dir",
@@ -77,7 +78,7 @@ def test_seed_moco_variants(tmp_path, flags, folder):
 
 
 def test_contrastive_only_and_resume(tmp_path):
-    import main_moco
+    main_moco = load_script("main_moco")
 
     base = ["synthetic", "--moco-contr-w", "1", "--moco-align-w", "0", "--moco-unif-w", "0"] + SHORT + [
         "--batch-size", "16", "--moco-k", "32", "--num-samples", "32", "--max-steps", "1", "--results-dir",
@@ -95,7 +96,7 @@ def test_contrastive_only_and_resume(tmp_path):
 
 
 def test_seed_lincls(moco_ckpt, tmp_path):
-    import main_lincls
+    main_lincls = load_script("main_lincls")
 
     _, run = moco_ckpt
     data = write_imagefolder(str(tmp_path / "imgs"), num_train=24, num_val=12, image_size=32, num_classes=6)
@@ -113,11 +114,14 @@ def test_seed_lincls(moco_ckpt, tmp_path):
     for k, v in sd.items():  # frozen encoder_q weights kept, head (fc) is the only trained part
         if not k.startswith("module.fc."):
             assert torch.equal(v, pre["module.encoder_q." + k[len("module."):]]), k
+    # --evaluate on the resumed linear checkpoint: validation only
+    main_lincls.main(["-a", "resnet_tiny", "-e", "--resume", str(out / "checkpoint.pth.tar"), data]
+                     + SHORT + ["--batch-size", "8"])
 
 
 def test_bad_inputs_one_line_errors(tmp_path, capsys):
-    import main_lincls
-    import main_moco
+    main_lincls = load_script("main_lincls")
+    main_moco = load_script("main_moco")
 
     cases = [(main_moco, ["/nonexistent/data"]),
              (main_moco, ["synthetic", "--moco-k", "100"]),  # not a multiple of the batch 128
