@@ -1,5 +1,4 @@
 """Small encoders for the builder tests (a ResNet-like ``fc`` at the end)."""
-import torch
 import torch.nn as nn
 
 

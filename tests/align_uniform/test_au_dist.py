@@ -5,7 +5,6 @@ import os
 import types
 
 import torch
-import torch.nn.functional as F
 
 from au_helpers import tiny
 from au_lib.builder import MoCo

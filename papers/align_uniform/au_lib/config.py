@@ -3,7 +3,6 @@ run name, the "=> Optimize:" line and the per-epoch learning rate."""
 from __future__ import annotations
 
 import argparse
-import math
 import os
 from typing import List, Sequence
 
