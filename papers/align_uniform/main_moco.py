@@ -58,6 +58,12 @@ def main(argv=None) -> None:
     launch.run(main_worker, args)
 
 
+def two_crops(aug_plus: bool, size: int) -> MultiView:
+    """``TwoCropsTransform``: the same pipeline applied twice; MoCo v1 by default, v2 with ``--aug-plus``."""
+    aug = moco_v2(size) if aug_plus else moco_v1(size)
+    return MultiView([aug, aug])
+
+
 def build_model(args) -> MoCo:
     return MoCo(net_constructor(args.arch), args.moco_dim, args.moco_k, args.moco_m,
                 contr_tau=args.moco_contr_tau, align_alpha=args.moco_align_alpha, unif_t=args.moco_unif_t,
@@ -74,8 +80,7 @@ def main_worker(ctx, args) -> None:
     optimizer = torch.optim.SGD(model.parameters(), args.lr, momentum=args.momentum,
                                 weight_decay=args.weight_decay)
 
-    aug = moco_v2(args.image_size) if args.aug_plus else moco_v1(args.image_size)
-    dataset = build_dataset(args.data, "train", MultiView([aug, aug]), image_size=args.image_size,
+    dataset = build_dataset(args.data, "train", two_crops(args.aug_plus, args.image_size), image_size=args.image_size,
                             num_samples=args.num_samples, seed=args.seed or 0)
     loader = build_loader(dataset, args.batch_size, shuffle=True, drop_last=True, num_workers=args.workers,
                           seed=args.seed or 0)

@@ -76,3 +76,40 @@ def test_epoch_lr_step_and_cosine_by_hand():
 def test_lincls_save_folder_layout():
     got = lincls_save_folder("results/run/checkpoint_0199.pth.tar", 256, 30.0, [60, 80], 100)
     assert got == "results/run/lincls/checkpoint_0199.pth.tar/b256_lr30_e60,80,100"
+
+
+def test_launch_prepare_divides_batch_and_workers(monkeypatch):
+    from au_lib import launch
+    from core.errors import UserError
+
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    a = moco_parser().parse_args(["D", "--multiprocessing-distributed", "--world-size", "1", "--rank", "0",
+                                  "--gpus", "0", "1", "2", "3"])
+    assert launch.prepare(a) == 4
+    assert (a.batch_size, a.workers, launch.global_batch(a)) == (32, 8, 128)
+    a = moco_parser().parse_args(["D", "-b", "130", "--multiprocessing-distributed", "--gpus", "0", "1", "2", "3"])
+    with pytest.raises(UserError, match="divisible"):
+        launch.prepare(a)
+    a = moco_parser().parse_args(["D", "--gpus", "0", "1"])  # no --multiprocessing-distributed: one process
+    launch.prepare(a)
+    assert a.batch_size == 128 and launch.global_batch(a) == 128
+
+
+def test_two_crops_pipelines_in_original_order():
+    from torchvision.transforms import v2 as T
+
+    from au_helpers import load_script
+    from core.augment import GaussianBlur
+
+    main_moco = load_script("main_moco")
+    v1 = main_moco.two_crops(False, 224)
+    v2 = main_moco.two_crops(True, 224)
+    assert len(v1) == 2 and v1.transforms[0] is v1.transforms[1]
+    t1 = v1.transforms[0].transforms
+    assert [type(t) for t in t1[:4]] == [T.RandomResizedCrop, T.RandomGrayscale, T.ColorJitter, T.RandomHorizontalFlip]
+    assert t1[0].scale == (0.2, 1.0) and t1[1].p == 0.2 and t1[2].hue == (-0.4, 0.4)
+    t2 = v2.transforms[0].transforms
+    assert [type(t) for t in t2[:5]] == [T.RandomResizedCrop, T.RandomApply, T.RandomGrayscale, T.RandomApply,
+                                         T.RandomHorizontalFlip]
+    assert t2[1].p == 0.8 and isinstance(t2[1].transforms[0], T.ColorJitter) and t2[1].transforms[0].hue == (-0.1, 0.1)
+    assert t2[3].p == 0.5 and isinstance(t2[3].transforms[0], GaussianBlur) and t2[3].transforms[0].sigma == (0.1, 2.0)

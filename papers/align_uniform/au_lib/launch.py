@@ -45,6 +45,8 @@ def prepare(args) -> int:
         warnings.warn("You have chosen to seed training. This will turn on the CUDNN deterministic setting, "
                       "which can slow down your training considerably!")
     args.procs_per_node = nprocs
+    if args.multiprocessing_distributed and nprocs == 1:
+        warnings.warn("--multiprocessing-distributed with a single device: one process is started")
     if args.multiprocessing_distributed:
         if args.batch_size % nprocs != 0:
             raise UserError(f"--batch-size {args.batch_size} is not divisible by the {nprocs} processes of this "
