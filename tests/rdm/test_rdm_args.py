@@ -122,3 +122,13 @@ def test_pretrain_rejects_old_lars_flag_and_unknown_type():
         pretrain_parser().parse_args(base + ["--lars"])
     with pytest.raises(SystemExit):
         pretrain_parser().parse_args(base + ["--pred_type", "cubic"])
+
+
+@pytest.mark.parametrize("script,pos,method,epochs,pred_hidden", [
+    ("cifar/simsiam.sh", ("cifar10",), "simsiam", 1000, 512), ("cifar/byol.sh", ("cifar10",), "byol", 1000, 4096),
+    ("imagenet-100/simsiam.sh", (), "simsiam", 400, 512), ("imagenet-100/byol.sh", (), "byol", 400, 8192)])
+def test_baseline_scripts(script, pos, method, epochs, pred_hidden):
+    c = cfg_of(f"bash_files/pretrain/{script}", *pos)
+    assert (c["method"], c["max_epochs"], c["pred_hidden_dim"]) == (method, epochs, pred_hidden)
+    if script == "imagenet-100/byol.sh":
+        assert (c["optimizer"], c["data_dir"], c["train_dir"]) == ("lars", "/datasets", "imagenet-100/train")

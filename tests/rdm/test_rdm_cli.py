@@ -112,3 +112,18 @@ def test_imagenet100_scripts_two_processes_then_linear(tmp_path, method, pos):
                        f"--num_workers 0 --crop_size 32 --devices 0 --checkpoint_dir {tmp_path}")
     assert "loaded backbone" in lin.stdout and "sanity check passed" in lin.stdout
     assert glob.glob(str(tmp_path / "linear" / "*" / "*.ckpt"))
+
+
+@pytest.mark.parametrize("method,pred_hidden", [("simsiam", 512), ("byol", 4096)])
+def test_cifar_baseline_scripts_in_process(tmp_path, method, pred_hidden):
+    """The learned-predictor baselines: the script's command (printed with PYTHON=echo) runs in-process."""
+    import shlex
+
+    r = run_sh(f"bash_files/pretrain/cifar/{method}.sh", "cifar10", env={"PYTHON": "echo"},
+               extra=short(tmp_path, "--pred_hidden_dim 16"))
+    argv = shlex.split(r.stdout)
+    assert argv[0].endswith("main_pretrain.py") and f"--pred_hidden_dim {pred_hidden}" in r.stdout
+    load_script("main_pretrain").main(argv[1:])
+    run_dir = tmp_path / method / f"{method}-cifar10"
+    check_run(run_dir)
+    assert read_log(run_dir)[-1]["erank_online"] > 0
