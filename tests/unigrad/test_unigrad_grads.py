@@ -1,7 +1,6 @@
 """Each gradient form against an independent computation: NumPy loops of the formula, or autograd of the
 loss whose gradient the form is meant to be."""
 import numpy as np
-import pytest
 import torch
 import torch.nn.functional as Fn
 

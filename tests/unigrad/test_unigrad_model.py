@@ -104,6 +104,41 @@ def test_gradient_on_normalised_features(monkeypatch, loss, form):
     assert np.allclose(u2.grad.numpy(), g2 / (2 * B), atol=1e-8)
 
 
+def test_cutmix_gradient(monkeypatch):
+    """UniGrad + CutMix: g1 = -(a v2_i + (1 - a) v2_perm(i)) + lambda F u1, F from the clean targets."""
+    import unigrad_lib.model as M
+    cfg = load_config(CONFIG, TINY + ["cutmix=true"])
+    torch.manual_seed(0)
+    model = SiameseNet(cfg).double()
+    rec, mixes = [], []
+    orig, orig_mix = grads.normalize, M.cutmix
+
+    def recording(x):
+        y = orig(x)
+        if y.requires_grad:
+            y.retain_grad()
+        rec.append(y)
+        return y
+
+    def mix(x, perm, alpha):
+        out, a = orig_mix(x, perm, alpha)
+        mixes.append((perm.clone(), a))
+        return out, a
+
+    monkeypatch.setattr(grads, "normalize", recording)
+    monkeypatch.setattr(M, "cutmix", mix)
+    x = [torch.randn(B, 3, 32, 32, dtype=torch.float64) for _ in range(2)]
+    model(x)[0].backward()
+    u1, u2, m1, m2 = rec[:4]
+    U1, M1, M2 = u1.detach().numpy(), m1.numpy(), m2.numpy()
+    (perm, a1), _ = mixes
+    assert 0.0 <= a1 <= 1.0
+    F = np_corr(M1, M2)
+    pos = a1 * M2 + (1 - a1) * M2[perm.numpy()]
+    g1 = np.stack([-pos[i] + cfg.lambd * F @ U1[i] for i in range(B)])
+    assert np.allclose(u1.grad.numpy(), g1 / (2 * B), atol=1e-8)
+
+
 def test_F_moving_average_over_steps(monkeypatch):
     cfg = load_config(CONFIG, TINY + ["rho=0.9"])
     torch.manual_seed(1)

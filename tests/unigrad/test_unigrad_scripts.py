@@ -62,6 +62,15 @@ def test_run_pretrain_two_processes(pretrained):
     assert abs(torch.trace(ck["F"]).item() - 1.0) < 1e-4  # EMA of trace-1 matrices
 
 
+def test_knn_eval_of_a_checkpoint(pretrained, monkeypatch, capsys):
+    monkeypatch.chdir(FOLDER)
+    load_script("pretrain").main(["configs/unigrad.py"] + SHORT + [
+        "knn_eval=True", f"resume_path={pretrained / 'latest.pth.tar'}", f"work_dir={pretrained / 'knn'}"])
+    out = capsys.readouterr().out
+    assert "kNN top-1 of" in out
+    assert 0.0 <= float(out.strip().split()[-1]) <= 100.0
+
+
 def test_run_linear_two_processes(pretrained, tmp_path):
     r = run(["./run_linear.sh", str(pretrained / "latest.pth.tar"), "synthetic", "2", "-a", "resnet_tiny",
              "--epochs", "1", "-b", "16", "--image-size", "32", "--num-samples", "32", "-j", "0",

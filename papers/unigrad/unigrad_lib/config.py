@@ -199,6 +199,3 @@ def uses_momentum_encoder(method: str, form: str) -> bool:
     """grad_mm forms, and the original MoCo / BYOL losses."""
     return form == "grad_mm" or (form == "loss" and method in ("moco", "byol"))
 
-
-def config_names(config_dir: str):
-    return sorted(f for f in os.listdir(config_dir) if f.endswith(".py"))

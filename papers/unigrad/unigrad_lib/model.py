@@ -7,7 +7,7 @@ targets are computed, as the original. Features are L2-normalised before every g
 from __future__ import annotations
 
 import copy
-from typing import Dict, List, Tuple
+from typing import Dict, Tuple
 
 import torch
 import torch.nn as nn
@@ -43,21 +43,22 @@ def prediction_mlp(dim: int, hidden_dim: int) -> nn.Sequential:
                          nn.ReLU(inplace=True), nn.Linear(hidden_dim, dim))
 
 
-def rand_bbox(h: int, w: int, lam: float, gen: torch.Generator) -> Tuple[int, int, int, int]:
+def rand_bbox(h: int, w: int, lam: float) -> Tuple[int, int, int, int]:
     """CutMix box (Yun et al. 2019) of area ~ (1 - lam) * h * w, centre uniform, clipped to the image."""
     cut = (1.0 - lam) ** 0.5
     ch, cw = int(h * cut), int(w * cut)
-    cy = int(torch.randint(h, (1,), generator=gen))
-    cx = int(torch.randint(w, (1,), generator=gen))
+    cy = int(torch.randint(h, (1,)))
+    cx = int(torch.randint(w, (1,)))
     y0, y1 = max(cy - ch // 2, 0), min(cy + ch // 2, h)
     x0, x1 = max(cx - cw // 2, 0), min(cx + cw // 2, w)
     return y0, y1, x0, x1
 
 
-def cutmix(x: torch.Tensor, perm: torch.Tensor, alpha: float, gen: torch.Generator):
-    """Paste a box of ``x[perm]`` into ``x``; returns the mixed batch and the kept area ratio ``a``."""
+def cutmix(x: torch.Tensor, perm: torch.Tensor, alpha: float):
+    """Paste a box of ``x[perm]`` into ``x``; returns the mixed batch and the kept area ratio ``a``.
+    Uses the global torch RNG (restored on resume)."""
     lam = float(torch.distributions.Beta(alpha, alpha).sample()) if alpha > 0 else 0.5
-    y0, y1, x0, x1 = rand_bbox(x.shape[2], x.shape[3], lam, gen)
+    y0, y1, x0, x1 = rand_bbox(x.shape[2], x.shape[3], lam)
     out = x.clone()
     out[:, :, y0:y1, x0:x1] = x[perm][:, :, y0:y1, x0:x1]
     a = 1.0 - (y1 - y0) * (x1 - x0) / float(x.shape[2] * x.shape[3])
@@ -101,7 +102,6 @@ class SiameseNet(nn.Module):
         self.diag_freq = int(cfg.get("diag_freq") or 0)
         self.steps = 0
         self._diag: Dict[str, torch.Tensor] = {}
-        self.gen = torch.Generator().manual_seed(int(cfg.get("seed", 0)))
 
     # ------------------------------------------------------------------------------------------ pieces
     @torch.no_grad()
@@ -219,9 +219,9 @@ class SiameseNet(nn.Module):
         """UniGrad + CutMix: online inputs are CutMix-ed with a permutation of the local batch; the positive
         target is the area-weighted mix a m_i + (1 - a) m_perm(i) of the clean targets; F uses clean targets."""
         c = self.cfg
-        perm = torch.randperm(x1.shape[0], generator=self.gen).to(x1.device)
-        x1m, a1 = cutmix(x1, perm, float(c.get("cutmix_alpha", 1.0)), self.gen)
-        x2m, a2 = cutmix(x2, perm, float(c.get("cutmix_alpha", 1.0)), self.gen)
+        perm = torch.randperm(x1.shape[0]).to(x1.device)
+        x1m, a1 = cutmix(x1, perm, float(c.get("cutmix_alpha", 1.0)))
+        x2m, a2 = cutmix(x2, perm, float(c.get("cutmix_alpha", 1.0)))
         z1, z2 = self.online(x1m), self.online(x2m)
         t1, t2 = self._targets(x1, x2, z1, z2)
         u1, u2 = grads.normalize(z1), grads.normalize(z2)
@@ -272,16 +272,9 @@ class SiameseNet(nn.Module):
         return loss, logs, u1, u2
 
 
-def online_backbone_state(model: nn.Module) -> Dict[str, torch.Tensor]:
-    return {k: v for k, v in dist.unwrap(model).encoder.state_dict().items()}
-
-
 def checkpoint_entries(model: nn.Module) -> Dict[str, object]:
     """Top-level keys of the original checkpoint besides ``model``: ``F`` (None for forms without F)."""
     inner = dist.unwrap(model)
     F = getattr(inner, "F", None)
     return {"F": F.detach().cpu().clone() if F is not None and int(inner.F_count) > 0 else None}
 
-
-def param_list(model: nn.Module) -> List[nn.Parameter]:
-    return [p for p in model.parameters() if p.requires_grad]
