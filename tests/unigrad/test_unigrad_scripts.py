@@ -53,6 +53,11 @@ def test_run_pretrain_two_processes(pretrained):
     logs = [json.loads(l) for l in open(pretrained / "log.txt")]
     assert [l["epoch"] for l in logs] == [0, 1]
     assert "knn_top1" in logs[1] and 0 <= logs[1]["knn_top1"] <= 100
+    # 1 step per epoch, T = 2, Tw = 1, init lr = 0.05 * 8 / 256: step 0 at 1e-3 * init, step 1 at init
+    init = 0.05 * 8 / 256
+    assert abs(logs[0]["lr"] - 1e-3 * init) < 1e-12 and abs(logs[1]["lr"] - init) < 1e-12
+    # EMA momentum 1 - 0.004 (cos(pi t / T) + 1) / 2: 0.996 at step 0, 0.998 at step 1
+    assert abs(logs[0]["train_mm"] - 0.996) < 1e-6 and abs(logs[1]["train_mm"] - 0.998) < 1e-6
     for k in ("train_loss", "train_pos_sim", "train_eff_rank", "train_align", "train_uniform"):
         assert k in logs[0]
     assert {"latest.pth.tar", "checkpoint_0.pth.tar", "checkpoint_1.pth.tar"} <= set(os.listdir(pretrained))
@@ -97,6 +102,20 @@ def test_lineval_loads_original_layout(tmp_path):
     torch.save({"model": {"module.encoder.9.weight": torch.zeros(1)}}, tmp_path / "bad.pth.tar")
     with pytest.raises(UserError):
         lineval.load_pretrained(clf, str(tmp_path / "bad.pth.tar"))
+
+
+def test_lineval_flags_and_defaults():
+    p = load_script("lineval").get_parser()
+    a = p.parse_args(["--data", "d"])
+    want = dict(arch="resnet50", workers=5, epochs=90, batch_size=4096, lr=0.1, momentum=0.9, weight_decay=0.0,
+                print_freq=10, resume="", evaluate=False, world_size=-1, rank=-1, dist_url="env://",
+                dist_backend="nccl", seed=None, gpu=None, multiprocessing_distributed=False, pretrained="",
+                lars=False, slurm=False, port=29501, save_name="checkpoint.pth.tar")
+    assert {k: getattr(a, k) for k in want} == want
+    a = p.parse_args(["--data", "d", "-a", "resnet18", "-j", "2", "-b", "8", "--wd", "1e-4", "-e", "--lars",
+                      "--slurm", "x", "--save_name", "s.pth"])
+    assert (a.arch, a.workers, a.batch_size, a.weight_decay, a.evaluate, a.lars, a.slurm, a.save_name) == \
+        ("resnet18", 2, 8, 1e-4, True, True, "x", "s.pth")
 
 
 def test_one_line_errors(tmp_path, monkeypatch, capsys):

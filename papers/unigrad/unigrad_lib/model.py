@@ -155,6 +155,8 @@ class SiameseNet(nn.Module):
         if self.diag_freq and (self.steps - 1) % self.diag_freq == 0:
             self._diag = self.diagnostics(u1, u2)
         logs.update(self._diag)  # the last computed values are logged every step (epoch means stay fair)
+        if self.use_mm:
+            logs["mm"] = torch.tensor(self.mm)
         return loss, logs
 
     @staticmethod
