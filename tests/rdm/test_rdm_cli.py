@@ -127,3 +127,7 @@ def test_cifar_baseline_scripts_in_process(tmp_path, method, pred_hidden):
     run_dir = tmp_path / method / f"{method}-cifar10"
     check_run(run_dir)
     assert read_log(run_dir)[-1]["erank_online"] > 0
+    if method == "byol":  # --auto_resume (printed by the script): a longer run continues from the checkpoint
+        load_script("main_pretrain").main(argv[1:] + ["--max_epochs", "2"])
+        log = read_log(run_dir)
+        assert [h["epoch"] for h in log] == [0, 1]
