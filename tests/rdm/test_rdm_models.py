@@ -39,6 +39,10 @@ def test_base_losses_by_hand():
     # cosines: 0 and 1 -> mean 0.5
     assert simsiam_loss(p, z).item() == pytest.approx(-0.5)
     assert byol_loss(p, z).item() == pytest.approx(2 - 2 * 0.5)
+    # ImageNet face, mlp: -(cos(p1, z2) + cos(p2, z1)) / 2 with cos(p1, z2) = 0, cos(p2, z1) = 1 (per row)
+    p1, z2 = torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 1.0]])
+    p2, z1 = torch.tensor([[1.0, 1.0]]), torch.tensor([[2.0, 2.0]])
+    assert imagenet_simsiam_loss(p1, p2, z1, z2).item() == pytest.approx(-0.5)
 
 
 @pytest.mark.parametrize("location", ["online", "target"])

@@ -17,7 +17,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
 
-from core import dist
 from core.backbones import build_backbone, resnet_tiny
 from core.errors import UserError
 from rdm_lib.losses import BASE_LOSSES, imagenet_cos_term, rdm_solo_filtered

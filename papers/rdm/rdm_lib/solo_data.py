@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 
-import torch
 from torchvision.transforms import v2 as T
 
 from core.augment import (BICUBIC, CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD, IMAGENET_MEAN,
@@ -64,7 +63,3 @@ def num_classes_of(ds, dataset: str, default: dict) -> int:
     classes = getattr(ds, "classes", None)
     return len(classes) if classes else default.get(dataset, 10)
 
-
-def collate_views(batch):
-    """Default collation keeps ``([view1, view2], target)``."""
-    return torch.utils.data.default_collate(batch)
