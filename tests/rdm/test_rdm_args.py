@@ -132,3 +132,21 @@ def test_baseline_scripts(script, pos, method, epochs, pred_hidden):
     assert (c["method"], c["max_epochs"], c["pred_hidden_dim"]) == (method, epochs, pred_hidden)
     if script == "imagenet-100/byol.sh":
         assert (c["optimizer"], c["data_dir"], c["train_dir"]) == ("lars", "/datasets", "imagenet-100/train")
+
+
+def test_asymmetric_byol_views_from_script():
+    from core.augment import Solarize
+    from core.augment.ops import GaussianBlur
+    from rdm_lib.solo_data import pretrain_transform
+
+    c = cfg_of("bash_files/pretrain/imagenet-100/rdmbyol.sh", "400", "poly", "online", "1")
+    views = pretrain_transform(c["dataset"], c["pipelines"]).transforms
+    assert len(views) == 2
+
+    def prob(view, kind):
+        return [t.p for t in view.transforms if hasattr(t, "transforms") and isinstance(t.transforms[0], kind)]
+
+    assert [prob(v, GaussianBlur) for v in views] == [[1.0], [0.1]]
+    assert [prob(v, Solarize) for v in views] == [[0.0], [0.2]]
+    norm = views[0].transforms[-1]
+    assert tuple(norm.std) == (0.228, 0.224, 0.225)  # DALI's std in solo-learn

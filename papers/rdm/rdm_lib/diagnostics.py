@@ -65,7 +65,7 @@ class RankMonitor:
         fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
         for s, name in ((s_online, "online"), (s_target, "target")):
             lam = (s ** 2) / (s ** 2).sum().clamp_min(1e-30)
-            lam = lam[lam > 0].numpy()
+            lam = lam[lam > 1e-12].numpy()  # below: round-off of numerically null directions
             a.semilogy(range(1, len(lam) + 1), lam, label=name)
         a.set_xlabel("index")
         a.set_ylabel("normalised eigenvalue")
