@@ -20,6 +20,7 @@ from rdm_lib.solo_args import NUM_CLASSES, pretrain_config, pretrain_parser
 from rdm_lib.solo_train import AMP, build_optimizer, group_lr
 from rdm_lib.solo_data import num_classes_of, pretrain_transform, solo_dataset, val_transform
 
+
 def run(ctx, cfg):
     seed_everything(cfg["seed"], ctx.rank)
     world = ctx.world_size
