@@ -131,3 +131,26 @@ def test_cifar_baseline_scripts_in_process(tmp_path, method, pred_hidden):
         load_script("main_pretrain").main(argv[1:] + ["--max_epochs", "2"])
         log = read_log(run_dir)
         assert [h["epoch"] for h in log] == [0, 1]
+
+
+def test_main_simsiam_missing_data_is_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        load_script("main_simsiam").main(["-a", "resnet_tiny", str(tmp_path / "no_imagenet"), "--output-dir",
+                                          str(tmp_path)])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "does not exist" in err[0]
+
+
+def test_main_linear_wrong_checkpoint_is_one_line(tmp_path, capsys):
+    import torch
+
+    bad = tmp_path / "bad.ckpt"
+    torch.save({"state_dict": {"backbone.conv1.weight": torch.zeros(1)}}, bad)
+    with pytest.raises(SystemExit) as e:
+        load_script("main_linear").main(["--dataset", "cifar10", "--data_dir", "synthetic", "--backbone",
+                                         "resnet_tiny", "--pretrained_feature_extractor", str(bad),
+                                         "--checkpoint_dir", str(tmp_path), "--num_workers", "0"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "does not match --backbone" in err[0]
