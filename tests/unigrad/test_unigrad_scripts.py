@@ -36,7 +36,11 @@ def load_script(name):
 
 
 def run(cmd, cwd=FOLDER, timeout=240):
-    r = subprocess.run(cmd, cwd=cwd, env=env(), capture_output=True, text=True, timeout=timeout)
+    """Run a command; retry once with a fresh PORT if another process took the rendezvous port meanwhile."""
+    for attempt in range(2):
+        r = subprocess.run(cmd, cwd=cwd, env=env(), capture_output=True, text=True, timeout=timeout)
+        if r.returncode == 0 or "address already in use" not in r.stderr.lower():
+            return r
     return r
 
 

@@ -89,8 +89,9 @@ def run(rank, world):
     return out
 
 
-def worker(rank, world, port, path):
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+def worker(rank, world, store, path):
+    # a file store: no TCP port that a concurrently running test could take
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
     out = run(rank, world)
     if rank == 0:
         torch.save(out, path)
@@ -101,5 +102,4 @@ if __name__ == "__main__":
     torch.set_num_threads(1)
     out_dir = sys.argv[1]
     torch.save(run(0, 1), os.path.join(out_dir, "single.pt"))
-    from core.dist import free_port
-    mp.spawn(worker, args=(2, free_port(), os.path.join(out_dir, "dist.pt")), nprocs=2)
+    mp.spawn(worker, args=(2, os.path.join(out_dir, "store"), os.path.join(out_dir, "dist.pt")), nprocs=2)

@@ -1,0 +1,1 @@
+"""UniGrad: gradient forms (grads), SiameseNet (model), config loading (config), launcher helpers (launch)."""
