@@ -1,11 +1,11 @@
-import os
-import sys
+"""Make ``au_lib`` importable for these tests without putting papers/align_uniform on sys.path (its script
+names, e.g. ``main_lincls`` or ``hubconf``, must not shadow other folders' modules); scripts load by path."""
 
 import pytest
 
-PAPER = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "papers", "align_uniform"))
-if PAPER not in sys.path:
-    sys.path.insert(0, PAPER)
+import au_helpers  # noqa: F401  (registers au_lib)
+
+PAPER = au_helpers.PAPER
 
 
 @pytest.fixture
