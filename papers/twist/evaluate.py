@@ -99,7 +99,6 @@ def main_worker(ctx: dist.DistContext, args) -> None:
     if args.batch_size % ctx.world_size != 0:
         raise UserError(f"--batch-size {args.batch_size} is not divisible by the {ctx.world_size} processes")
     seed_everything(args.seed, ctx.rank)
-    os.makedirs(args.checkpoint_dir, exist_ok=True)
     train_ds = subset(args, build_dataset(args.data, "train", linear_train_transform(args.img_size),
                                           image_size=args.img_size, seed=args.seed))
     val_ds = build_dataset(args.data, "val", eval_transform(args.img_size), image_size=args.img_size,

@@ -87,7 +87,6 @@ def main_worker(ctx: dist.DistContext, args) -> None:
     if args.use_lmdb:
         raise UserError("--use_lmdb 1 is not supported in this repo: pass an ImageFolder tree or 'synthetic'")
     seed_everything(args.seed, ctx.rank)
-    os.makedirs(args.output_dir, exist_ok=True)
     vit = build_backbone(args.arch, img_size=args.img_size, patch_size=args.patch_size)
     if not 1 <= args.n_last_blocks <= len(vit.blocks):
         raise UserError(f"--n_last_blocks must be in 1..{len(vit.blocks)}")

@@ -23,7 +23,7 @@ from twist_lib.builder import (build_optimizer, build_twist, finalize_args, hard
                                set_step, train_transform)
 from twist_lib.cluster import evaluate_clustering, inference, val_loader
 from twist_lib.config import get_args_parser
-from twist_lib.head import make_bunch_group
+from twist_lib.head import bunch_rank_groups, make_bunch_group
 from twist_lib.model import TwistMethod, ema_update
 
 
@@ -49,8 +49,9 @@ def main_worker(ctx: dist.DistContext, args) -> None:
 
     bunch_group = None
     if args.lbn_type == "bn":
-        bunch_group = make_bunch_group(ctx.world_size, ctx.rank, args.batch_size, args.bunch_size) \
-            if ctx.distributed else None
+        bunch_rank_groups(ctx.world_size, args.batch_size, args.bunch_size)  # validates the sizes
+        if ctx.distributed:
+            bunch_group = make_bunch_group(ctx.world_size, ctx.rank, args.batch_size, args.bunch_size)
     dev = ctx.device.type
     model = build_twist(args, dev, bunch_group, ctx.distributed)
     n_bb = sum(p.numel() for p in model.backbone.parameters() if p.requires_grad)
