@@ -95,6 +95,7 @@ def worker(rank, world, store, path):
     out = run(rank, world)
     if rank == 0:
         torch.save(out, path)
+    dist.barrier()  # leave together: a peer exiting mid-teardown can abort gloo
     dist.destroy_process_group()
 
 
