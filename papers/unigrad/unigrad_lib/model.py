@@ -184,6 +184,16 @@ class SiameseNet(nn.Module):
         u1, u2 = grads.normalize(z1), grads.normalize(z2)
         m1, m2 = grads.normalize(_f32(t1)), grads.normalize(_f32(t2))
         u1d, u2d = _f32(u1.detach()), _f32(u2.detach())
+        with torch.autocast(u1.device.type, enabled=False):  # F and g in fp32 also under AMP
+            g1, g2 = self._form_grads(u1d, u2d, m1, m2)
+        loss = grads.symmetric_surrogate(g1, _f32(u1), g2, _f32(u2))
+        pos_sim = 0.5 * ((u1d * m2).sum(1).mean() + (u2d * m1).sum(1).mean())
+        return loss, {"pos_sim": pos_sim}, u1, u2
+
+    @torch.no_grad()
+    def _form_grads(self, u1d, u2d, m1, m2):
+        """g1, g2 of the method's gradient form (grads.py) from detached online features and targets."""
+        c = self.cfg
         if self.method == "unigrad":
             F = self.update_F(m1, m2)
             g1, g2 = grads.unigrad_grad(u1d, m2, F, c["lambd"]), grads.unigrad_grad(u2d, m1, F, c["lambd"])
@@ -213,9 +223,7 @@ class SiameseNet(nn.Module):
             g2 = grads.vicreg_grad(u2d, m1, U2.mean(0, keepdim=True), M2, c["lambd"], n)
         else:  # pragma: no cover - config.check rejects it
             raise UserError(f"no gradient form for method '{self.method}'")
-        loss = grads.symmetric_surrogate(g1, _f32(u1), g2, _f32(u2))
-        pos_sim = 0.5 * ((u1d * m2).sum(1).mean() + (u2d * m1).sum(1).mean())
-        return loss, {"pos_sim": pos_sim}, u1, u2
+        return g1, g2
 
     def _unigrad_cutmix(self, x1, x2):
         """UniGrad + CutMix: online inputs are CutMix-ed with a permutation of the local batch; the positive
@@ -228,11 +236,12 @@ class SiameseNet(nn.Module):
         t1, t2 = self._targets(x1, x2, z1, z2)
         u1, u2 = grads.normalize(z1), grads.normalize(z2)
         m1, m2 = grads.normalize(_f32(t1)), grads.normalize(_f32(t2))
-        F = self.update_F(m1, m2)
         pos1 = a1 * m2 + (1 - a1) * m2[perm]
         pos2 = a2 * m1 + (1 - a2) * m1[perm]
         u1d, u2d = _f32(u1.detach()), _f32(u2.detach())
-        g1, g2 = grads.unigrad_grad(u1d, pos1, F, c["lambd"]), grads.unigrad_grad(u2d, pos2, F, c["lambd"])
+        with torch.autocast(u1.device.type, enabled=False):  # F and g in fp32 also under AMP
+            F = self.update_F(m1, m2)
+            g1, g2 = grads.unigrad_grad(u1d, pos1, F, c["lambd"]), grads.unigrad_grad(u2d, pos2, F, c["lambd"])
         loss = grads.symmetric_surrogate(g1, _f32(u1), g2, _f32(u2))
         pos_sim = 0.5 * ((u1d * pos1).sum(1).mean() + (u2d * pos2).sum(1).mean())
         return loss, {"pos_sim": pos_sim, "cutmix_area": torch.tensor(0.5 * (a1 + a2))}, u1, u2
