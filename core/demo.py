@@ -56,11 +56,13 @@ def main(argv=None):
     p.add_argument("--num-train", type=int, default=5000)
     p.add_argument("--num-test", type=int, default=1000)
     p.add_argument("--image-size", type=int, default=32)
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--lr", type=float, default=0.3, help="base lr per 256 images (SGD, warmup-cosine)")
-    p.add_argument("--optim", default="sgd", choices=["sgd", "adam"])
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=0.004, help="base lr per 256 images (warmup-cosine per step)")
+    p.add_argument("--optim", default="adam", choices=["sgd", "adam"])
     p.add_argument("--min-scale", type=float, default=0.4, help="RandomResizedCrop minimum area")
     p.add_argument("--tau", type=float, default=0.2)
+    p.add_argument("--hue", type=float, default=0.5, help="colour-jitter hue: 0.5 makes colour uninformative")
+    p.add_argument("--jitter-p", type=float, default=1.0)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
@@ -69,7 +71,7 @@ def main(argv=None):
     seed_everything(args.seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     size = args.image_size
-    views = MultiView([solo_pipeline(size, brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1,
+    views = MultiView([solo_pipeline(size, brightness=0.4, contrast=0.4, saturation=0.4, hue=args.hue, color_jitter_prob=args.jitter_p,
                                      min_scale=args.min_scale, mean=IMAGENET_MEAN, std=IMAGENET_STD)] * 2)
     train_set = SyntheticShapes(args.num_train, size, args.seed, "train", views, cache=True)
     mem_set = SyntheticShapes(args.num_train, size, args.seed, "train", eval_transform(size), cache=True)

@@ -1,5 +1,5 @@
 """ResNet trunks: torchvision ResNet-18/50, the SwAV-style width-multiplied ResNet-50 (w2/w4/w5), a
-CPU-friendly ``resnet_tiny``; optional CIFAR stem (3x3 conv stride 1, no max-pool).
+CPU-friendly ``resnet_tiny``; optional CIFAR stem (solo-learn's: 3x3 conv, stride 1, padding 2, no max-pool).
 
 All trunks keep torchvision's parameter names (``conv1``, ``bn1``, ``layer1..4``, ``downsample.0/1``) so
 checkpoints convert between them, replace ``fc`` by ``Identity`` and expose ``feat_dim``.
@@ -11,6 +11,9 @@ from typing import Sequence, Type, Union
 import torch.nn as nn
 import torchvision
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
+
+
+CIFAR_STEM_PADDING = 2  # solo-learn ``solo/methods/base.py``
 
 
 class ResNetTrunk(ResNet):
@@ -30,7 +33,7 @@ class ResNetTrunk(ResNet):
         self.groups = 1
         self.base_width = 64
         if cifar_stem:
-            self.conv1 = nn.Conv2d(3, widths[0], kernel_size=3, stride=1, padding=1, bias=False)
+            self.conv1 = nn.Conv2d(3, widths[0], kernel_size=3, stride=1, padding=CIFAR_STEM_PADDING, bias=False)
         else:
             self.conv1 = nn.Conv2d(3, widths[0], kernel_size=7, stride=2, padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(widths[0])
@@ -62,9 +65,9 @@ def zero_init_last_bn(model: nn.Module) -> None:
             nn.init.constant_(m.bn2.weight, 0)
 
 
-def to_cifar_stem(model: ResNet) -> ResNet:
-    """solo-learn's CIFAR stem on a torchvision ResNet: 3x3 conv1 stride 1 padding 1, no max-pool."""
-    model.conv1 = nn.Conv2d(3, model.conv1.out_channels, kernel_size=3, stride=1, padding=1, bias=False)
+def to_cifar_stem(model: ResNet, padding: int = CIFAR_STEM_PADDING) -> ResNet:
+    """solo-learn's CIFAR stem on a torchvision ResNet: 3x3 conv1, stride 1, padding 2, no max-pool."""
+    model.conv1 = nn.Conv2d(3, model.conv1.out_channels, kernel_size=3, stride=1, padding=padding, bias=False)
     nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")
     model.maxpool = nn.Identity()
     return model

@@ -249,10 +249,15 @@ def batch_unshuffle(x: torch.Tensor, unshuffle: torch.Tensor) -> torch.Tensor:
 
 
 def convert_sync_bn(model: nn.Module, group=None) -> nn.Module:
-    """SyncBatchNorm when a process group is up, else the model unchanged (plain BN on one process)."""
-    if is_dist() and get_world_size() > 1:
+    """Synchronised BN when a process group is up: ``nn.SyncBatchNorm`` on CUDA, the equivalent
+    :class:`core.dist.syncbn.GroupBatchNorm` on CPU (gloo); the model unchanged on one process."""
+    if not (is_dist() and get_world_size() > 1):
+        return model
+    if any(p.is_cuda for p in model.parameters()):
         return nn.SyncBatchNorm.convert_sync_batchnorm(model, process_group=group)
-    return model
+    from core.dist.syncbn import convert_group_bn
+
+    return convert_group_bn(model, group)
 
 
 def wrap_ddp(model: nn.Module, ctx: DistContext, find_unused_parameters: bool = False) -> nn.Module:

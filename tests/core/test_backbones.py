@@ -13,6 +13,7 @@ def _count(m):
 def test_resnet_dims_and_cifar_stem():
     r18 = build_backbone("resnet18", cifar_stem=True)
     assert r18.feat_dim == 512 and r18.conv1.kernel_size == (3, 3) and r18.conv1.stride == (1, 1)
+    assert r18.conv1.padding == (2, 2)  # solo-learn's CIFAR stem
     assert isinstance(r18.maxpool, torch.nn.Identity)
     assert r18(torch.randn(2, 3, 32, 32)).shape == (2, 512)
     r50 = build_backbone("resnet50", zero_init_residual=True)

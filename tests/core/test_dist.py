@@ -3,6 +3,7 @@ on the global batch; shuffle-BN restores the order; the launcher spawns CPU work
 import argparse
 import os
 
+import pytest
 import torch
 
 from core import dist
@@ -28,11 +29,32 @@ def _rank_grads(rank, world):
         loss.backward()
         # DDP averages parameter gradients over ranks; the inputs stand in for parameters here
         out[name] = (float(loss.detach()), a.grad / world, b.grad / world)
+    out["bn"] = _bn_slice(rank, world)
     return out
 
 
-def test_gathered_losses_match_single_process():
-    outs = run_ranks(_rank_grads, 2)
+def _bn_layer():
+    return torch.nn.BatchNorm1d(6).double()
+
+
+def _bn_slice(rank, world):
+    """Synchronised BN (converted by core.dist.convert_sync_bn) on this rank's slice of the global batch."""
+    z1, _ = _global_batch()
+    n = z1.shape[0] // world
+    bn = dist.convert_sync_bn(_bn_layer())
+    x = z1[rank * n:(rank + 1) * n].clone().requires_grad_()
+    y = bn(x)
+    (y * torch.arange(6, dtype=torch.float64)).sum().backward()  # a loss that is a sum over rows
+    return y.detach(), x.grad, bn.running_var.clone(), type(bn).__name__
+
+
+@pytest.fixture(scope="module")
+def rank_outputs():
+    return run_ranks(_rank_grads, 2)
+
+
+def test_gathered_losses_match_single_process(rank_outputs):
+    outs = rank_outputs
     for name, fn in LOSSES.items():
         z1, z2 = _global_batch()
         a, b = z1.clone().requires_grad_(), z2.clone().requires_grad_()
@@ -45,6 +67,19 @@ def test_gathered_losses_match_single_process():
             assert all(abs(v - float(ref.detach())) < 1e-10 for v in losses), name
         assert torch.allclose(torch.cat([o[name][1] for o in outs]), a.grad, atol=1e-12), name
         assert torch.allclose(torch.cat([o[name][2] for o in outs]), b.grad, atol=1e-12), name
+
+
+def test_sync_bn_on_gloo_equals_bn_on_global_batch(rank_outputs):
+    outs = rank_outputs
+    z1, _ = _global_batch()
+    x = z1.clone().requires_grad_()
+    bn = _bn_layer()
+    y = bn(x)
+    (y * torch.arange(6, dtype=torch.float64)).sum().backward()
+    assert all(o["bn"][3] == "GroupBatchNorm" for o in outs)
+    assert torch.allclose(torch.cat([o["bn"][0] for o in outs]), y.detach(), atol=1e-12)
+    assert torch.allclose(torch.cat([o["bn"][1] for o in outs]), x.grad, atol=1e-12)
+    assert torch.allclose(outs[0]["bn"][2], bn.running_var, atol=1e-12)
 
 
 def _shuffle_roundtrip(rank, world):
