@@ -119,7 +119,7 @@ def run(ctx: dist.DistContext, a: DetArgs) -> Dict[str, Any]:
     shard = list(range(ctx.rank, len(val_set), ctx.world_size))
     val_loader = build_det_loader(val_set, 1, train=False, sampler=shard)
 
-    def do_eval(tag: str) -> Dict[str, float]:
+    def do_eval() -> Dict[str, float]:
         return evaluate(inner, val_loader, val_set.coco, val_set.label2cat, ctx.device)
 
     ref = cfg.get("reference", {})
@@ -140,7 +140,7 @@ def run(ctx: dist.DistContext, a: DetArgs) -> Dict[str, Any]:
             if "model" not in ck:
                 raise UserError(f"checkpoint '{a.checkpoint}' has no 'model' entry")
             load_model_state(inner, ck["model"], f"checkpoint '{a.checkpoint}'")
-        m = do_eval("eval")
+        m = do_eval()
         record["evaluations"].append({"epoch": None, "checkpoint": a.checkpoint or pretrained, **m})
         write_record()
         print(json.dumps({k: round(v, 4) for k, v in m.items()}))
@@ -173,7 +173,7 @@ def run(ctx: dist.DistContext, a: DetArgs) -> Dict[str, Any]:
     def end_epoch(epoch: int) -> Dict[str, float]:
         if a.no_eval or not ((epoch + 1) % interval == 0 or epoch + 1 == epochs):
             return {}
-        m = do_eval(f"epoch {epoch + 1}")
+        m = do_eval()
         record["evaluations"].append({"epoch": epoch + 1, **m})
         write_record()
         return m
@@ -190,7 +190,7 @@ def run(ctx: dist.DistContext, a: DetArgs) -> Dict[str, Any]:
     return final
 
 
-def parse_args(argv=None) -> DetArgs:
+def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("config", help="config file (papers/selfsup_det/configs/*.py)")
     p.add_argument("--pretrained", default=None,

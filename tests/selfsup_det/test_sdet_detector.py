@@ -1,7 +1,6 @@
 """Detector, configs, schedule, SyncBN, COCO data and evaluation of tools/det (spec §2, §4)."""
 import json
 import os
-import tempfile
 from collections import OrderedDict
 
 import numpy as np
@@ -230,6 +229,7 @@ def test_synthetic_coco_deterministic(tmp_path):
             assert image[:, mk.bool()].max(0).values.mean() > 0.3
     for ann_ in ds.coco.anns.values():
         kinds.add("rle" if isinstance(ann_["segmentation"], dict) else "poly")
+    assert kinds == {"rle", "poly"}  # rings are RLE, the other shapes polygons
     assert ds.num_classes == 4
     c = write_synthetic_coco(str(tmp_path / "c"), 6, 3, 64, seed=2)
     with open(c["train_ann"]) as fc, open(a["train_ann"]) as fa:

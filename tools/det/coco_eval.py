@@ -63,7 +63,8 @@ def summarize(coco_gt, results: Dict[str, List[Dict]], image_ids: List[int], ver
             ev.accumulate()
             ev.summarize()
         if verbose:
-            print(f"IoU metric: {iou_type}\n" + buf.getvalue().split("DONE", 1)[-1].split("\n", 1)[-1].rstrip())
+            lines = [ln for ln in buf.getvalue().splitlines() if ln.lstrip().startswith("Average")]
+            print(f"IoU metric: {iou_type}\n" + "\n".join(lines))
         stats = [max(float(v), 0.0) for v in ev.stats[:6]]  # -1 (no gt in a size range) -> 0
         metrics.update({f"{iou_type}_{n}": v for n, v in zip(STAT_NAMES, stats)})
     return metrics

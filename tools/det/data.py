@@ -11,7 +11,7 @@ Resizing (1333x800, or the multi-scale range) is done by the detector's transfor
 from __future__ import annotations
 
 import os
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 import numpy as np
 import torch
