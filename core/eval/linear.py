@@ -65,7 +65,7 @@ class LinearEvalConfig:
     arch: str = "resnet50"
     start_epoch: int = 0
     print_freq: int = 10
-    ckpt_name: str = "checkpoint.pth.tar"
+    ckpt_name: str = "checkpoint.pth.tar"   # may contain {epoch:04d} (formatted with the 0-based epoch)
     best_name: str = "model_best.pth.tar"
     resume: str = ""
     evaluate: bool = False
@@ -97,12 +97,13 @@ def run_linear_eval(model: nn.Module, optimizer: torch.optim.Optimizer, train_lo
                     cfg: LinearEvalConfig, ctx: Optional[dist.DistContext] = None, *,
                     lr_at_epoch: Callable[[int], float], set_lr: Optional[Callable[[float], None]] = None,
                     reference_state: Optional[Dict[str, torch.Tensor]] = None,
-                    extra_state: Optional[Callable[[], Dict]] = None) -> Dict[str, float]:
+                    extra_state: Optional[Callable[[Dict[str, float]], Dict]] = None) -> Dict[str, float]:
     """Train the linear head of ``model`` (possibly DDP-wrapped) and return ``{'best_acc1', 'acc1', ...}``.
 
     ``lr_at_epoch(epoch)`` gives the lr set at the start of each epoch (``set_lr`` applies it; default: every
     group). ``reference_state`` (the backbone right after loading the pretrained weights) enables the sanity
-    check after the first epoch.
+    check after the first epoch. ``extra_state(results)`` adds keys to each checkpoint (it receives that
+    epoch's validation results: ``acc1``, ``acc5``, ``loss``).
     """
     ctx = ctx or dist.DistContext()
     inner = dist.unwrap(model)
@@ -163,8 +164,8 @@ def run_linear_eval(model: nn.Module, optimizer: torch.optim.Optimizer, train_lo
             state = {"epoch": epoch + 1, "arch": cfg.arch, "state_dict": sd, "best_acc1": best_acc1,
                      "optimizer": optimizer.state_dict()}
             if extra_state:
-                state.update(extra_state())
-            path = save_checkpoint(state, os.path.join(cfg.output_dir, cfg.ckpt_name))
+                state.update(extra_state(res))
+            path = save_checkpoint(state, os.path.join(cfg.output_dir, cfg.ckpt_name.format(epoch=epoch)))
             if is_best:
                 shutil.copyfile(path, os.path.join(cfg.output_dir, cfg.best_name))
             if epoch == start and reference_state is not None:

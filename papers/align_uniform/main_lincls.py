@@ -102,11 +102,13 @@ def main_worker(ctx, args) -> None:
     optimizer = torch.optim.SGD(params, args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
     cfg = LinearEvalConfig(epochs=args.epochs, output_dir=args.save_folder, arch=args.arch,
                            start_epoch=args.start_epoch, print_freq=args.print_freq, resume=args.resume,
-                           evaluate=args.evaluate, max_steps_per_epoch=args.max_steps, model_prefix="module.")
+                           evaluate=args.evaluate, max_steps_per_epoch=args.max_steps, model_prefix="module.",
+                           ckpt_name="checkpoint_{epoch:04d}.pth.tar")
     print(f"=> saving to {args.save_folder}")
     res = run_linear_eval(wrapped, optimizer, train_loader, val_loader, cfg, ctx,
                           lr_at_epoch=lambda epoch: epoch_lr(args.lr, epoch, args.epochs, args.schedule),
-                          reference_state=reference)
+                          reference_state=reference,
+                          extra_state=lambda res: {"acc1": res["acc1"], "acc5": res["acc5"]})
     print(f"=> best Acc@1 {res['best_acc1']:.3f}")
 
 

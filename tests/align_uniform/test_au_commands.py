@@ -106,8 +106,10 @@ def test_seed_lincls(moco_ckpt, tmp_path):
                      + SHORT + ["--epochs", "2", "--batch-size", "8"])
     out = run / "lincls" / "checkpoint_0000.pth.tar" / "b8_lr30_e60,80,2"
     assert (out / "model_best.pth.tar").is_file()
-    ck = torch.load(out / "checkpoint.pth.tar", weights_only=False)
+    assert (out / "checkpoint_0000.pth.tar").is_file()
+    ck = torch.load(out / "checkpoint_0001.pth.tar", weights_only=False)
     assert ck["epoch"] == 2 and ck["arch"] == "resnet_tiny"
+    assert 0 <= ck["acc1"] <= ck["acc5"] <= 100 and ck["best_acc1"] >= ck["acc1"]
     sd = ck["state_dict"]
     assert sd["module.fc.weight"].shape == (6, 128)  # classes from the train folder, 128-d pooled features
     pre = torch.load(ckpt, weights_only=False)["state_dict"]
@@ -115,7 +117,7 @@ def test_seed_lincls(moco_ckpt, tmp_path):
         if not k.startswith("module.fc."):
             assert torch.equal(v, pre["module.encoder_q." + k[len("module."):]]), k
     # --evaluate on the resumed linear checkpoint: validation only
-    main_lincls.main(["-a", "resnet_tiny", "-e", "--resume", str(out / "checkpoint.pth.tar"), data]
+    main_lincls.main(["-a", "resnet_tiny", "-e", "--resume", str(out / "checkpoint_0001.pth.tar"), data]
                      + SHORT + ["--batch-size", "8"])
 
 
