@@ -140,7 +140,7 @@ def test_detectron2_converter_command(r50_ckpt, tmp_path):
     assert not any(k.startswith("layer") or ".bn" in k for k in m)
 
 
-def test_eval_only_clustering_cli(tmp_path):
+def test_eval_only_clustering_cli(tmp_path, capsys):
     out = str(tmp_path / "cl")
     run([PY, "train.py", "--output_dir", out] + SHORT + ["--dim", "10", "--epochs", "1", "--local_crops_number", "0"])
     log = run([PY, "train.py", "--eval_only", "1", "--resume", os.path.join(out, "checkpoint.pth"),
@@ -149,6 +149,12 @@ def test_eval_only_clustering_cli(tmp_path):
     for f in ("match.npy", "mapped_preds.npy", "ordered_real_labels.npy", "ordered_pred_labels.npy",
               "confusion.pdf"):
         assert os.path.isfile(os.path.join(out, f)), f
+    # --inference_only: top-10 clusters of val image 3 named through the saved matching (in-process)
+    train = load_script("train.py", "twist_train_script_inf")
+    train.main(["--inference_only", "1", "--resume", os.path.join(out, "checkpoint.pth"), "--match_path",
+                os.path.join(out, "match.npy"), "--img_path", "3"] + SHORT + ["--dim", "10"])
+    text = capsys.readouterr().out
+    assert "Top 1:" in text and "Top 10:" in text and "Target: diamond" in text  # synthetic class 3
 
 
 def load_script(rel, name):
