@@ -27,7 +27,18 @@ from twist_lib.head import bunch_rank_groups, make_bunch_group
 from twist_lib.model import TwistMethod, ema_update
 
 
+# names of the original's early multi-head checkpoints, remapped on load as train.py did
+OLD_HEAD_KEYS = {
+    "projection_heads.cls_heads.0.0.weight": "projection_heads.last_linear.weight",
+    "projection_heads.cls_heads.0.0.bias": "projection_heads.last_linear.bias",
+    "projection_heads.cls_heads.0.1.running_mean": "projection_heads.norm.running_mean",
+    "projection_heads.cls_heads.0.1.running_var": "projection_heads.norm.running_var",
+    "projection_heads.cls_heads.0.1.num_batches_tracked": "projection_heads.norm.num_batches_tracked",
+}
+
+
 def load_model_weights(model, state, what):
+    state = {OLD_HEAD_KEYS.get(k, k): v for k, v in state.items()}
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise UserError(f"{what} does not match the model: missing {list(missing)[:4]}, "

@@ -137,3 +137,39 @@ def test_vit_last_blocks_features_match_forward_features():
     assert f4.shape == (2, 192 * 5)
     torch.testing.assert_close(f4[:, 3 * 192:4 * 192], full[:, 0])  # the last block's CLS comes 4th
     torch.testing.assert_close(f4[:, 4 * 192:], full[:, 1:].mean(1))
+
+
+@pytest.mark.parametrize("aug,n", [("barlow", 2), ("moco", 2), ("rand", 2), ("multicrop", 4)])
+def test_every_augmentation_set_produces_its_views(aug, n):
+    from core.data import SyntheticShapes
+    from twist_lib.builder import train_transform
+
+    tf = train_transform(aug, 32, 2, (0.4, 1.0), (0.05, 0.4))
+    views = tf(SyntheticShapes(1, 32).image(0))
+    assert len(views) == n
+    assert [tuple(v.shape) for v in views[:2]] == [(3, 32, 32)] * 2
+    if aug == "multicrop":
+        assert tuple(views[2].shape) == (3, 14, 14)  # 96/224 of the global size
+
+
+def test_freeze_embedding_and_vit_head_init():
+    from types import SimpleNamespace
+
+    from twist_lib.builder import build_optimizer, build_twist
+
+    a = SimpleNamespace(backbone="vit_t", drop_path=0.1, img_size=32, patch_size=16, freeze_embedding=1, hid_dim=8,
+                        dim=6, proj_norm="bn", act="gelu", drop=0.0, lbn_type="bn", proj_trunc_init=0,
+                        weight_decay=0.06, exclude_bias_weight_decay=1, lr_wbr=1.0, optim="admw")
+    net = build_twist(a)
+    frozen = [n for n, p in net.named_parameters() if not p.requires_grad]
+    assert frozen == ["backbone.patch_embed.proj.weight", "backbone.patch_embed.proj.bias"]
+    opt = build_optimizer(net, a)
+    in_opt = {id(p) for g in opt.param_groups for p in g["params"]}
+    assert id(net.backbone.patch_embed.proj.weight) not in in_opt
+    names_g1 = {n for n, p in net.named_parameters() if id(p) in {id(q) for q in opt.param_groups[1]["params"]}}
+    assert {"backbone.cls_token", "backbone.pos_embed"} <= names_g1  # no decay for tokens / position embedding
+    assert torch.all(net.projection_heads.last_linear.bias == 0)  # ViT: trunc-normal head init, zero bias
+    assert isinstance(net.projection_heads.projection_head[2], nn.GELU)
+    # drop path increases linearly over the blocks
+    rates = [b.drop_path1.drop_prob if hasattr(b.drop_path1, "drop_prob") else 0.0 for b in net.backbone.blocks]
+    assert rates[0] == pytest.approx(0.0) and rates[-1] == pytest.approx(0.1)
