@@ -156,7 +156,7 @@ class SiameseNet(nn.Module):
             self._diag = self.diagnostics(u1, u2)
         logs.update(self._diag)  # the last computed values are logged every step (epoch means stay fair)
         if self.use_mm:
-            logs["mm"] = torch.tensor(self.mm)
+            logs["mm"] = torch.tensor(self.mm, device=loss.device)
         return loss, logs
 
     @staticmethod
@@ -166,8 +166,9 @@ class SiameseNet(nn.Module):
         from core.eval import diagnostics as D
         a, b = u1.detach().float(), u2.detach().float()
         both = torch.cat([a, b])
-        return {"eff_rank": torch.tensor(D.effective_rank(both)), "align": torch.tensor(D.alignment(a, b)),
-                "uniform": torch.tensor(D.uniformity(both)), "view_sim": torch.tensor(D.positive_similarity(a, b))}
+        vals = {"eff_rank": D.effective_rank(both), "align": D.alignment(a, b), "uniform": D.uniformity(both),
+                "view_sim": D.positive_similarity(a, b)}
+        return {k: torch.tensor(v, device=u1.device) for k, v in vals.items()}  # logs live on one device
 
     def _targets(self, x1, x2, z1, z2):
         if self.use_mm:
@@ -244,7 +245,8 @@ class SiameseNet(nn.Module):
             g1, g2 = grads.unigrad_grad(u1d, pos1, F, c["lambd"]), grads.unigrad_grad(u2d, pos2, F, c["lambd"])
         loss = grads.symmetric_surrogate(g1, _f32(u1), g2, _f32(u2))
         pos_sim = 0.5 * ((u1d * pos1).sum(1).mean() + (u2d * pos2).sum(1).mean())
-        return loss, {"pos_sim": pos_sim, "cutmix_area": torch.tensor(0.5 * (a1 + a2))}, u1, u2
+        area = torch.tensor(0.5 * (a1 + a2), device=u1.device)
+        return loss, {"pos_sim": pos_sim, "cutmix_area": area}, u1, u2
 
     def _original_loss(self, x1, x2):
         """The methods' own losses on the same encoder/projector (core.losses)."""
@@ -276,9 +278,6 @@ class SiameseNet(nn.Module):
             loss = L.barlow_twins_loss(z1, z2, c["bt_lambd"])
         else:
             raise UserError(f"method '{m}' has no original loss form here")
-        if isinstance(loss, tuple):
-            loss, extra = loss
-            logs.update({k: v for k, v in extra.items() if torch.is_tensor(v) or isinstance(v, float)})
         u1, u2 = grads.normalize(z1), grads.normalize(z2)
         return loss, logs, u1, u2
 
