@@ -14,7 +14,7 @@ import os
 import torch
 
 from core import dist
-from core.augment.recipes import BICUBIC, eval_transform, to_tensor_normalize
+from core.augment.recipes import BICUBIC, to_tensor_normalize
 from core.backbones import build_backbone
 from core.data import build_dataset, build_loader, seed_everything
 from core.errors import UserError, cli_main

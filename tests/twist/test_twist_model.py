@@ -1,9 +1,7 @@
 """Model pieces: crops grouped by resolution, head layout and init, EMA update, harder crops, the clustering
 evaluation on fixed predictions and the ViT last-blocks features."""
-import math
 import os
 
-import numpy as np
 import pytest
 import torch
 import torch.nn as nn

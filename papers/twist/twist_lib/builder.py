@@ -2,7 +2,7 @@
 and the per-step schedules (spec 4-6)."""
 from __future__ import annotations
 
-from typing import Dict, List
+from typing import Dict
 
 import numpy as np
 import torch

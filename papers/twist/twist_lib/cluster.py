@@ -116,7 +116,6 @@ def confusion_plot(mapped: np.ndarray, labels: np.ndarray, num_classes: int, pat
 def inference(model, args, device) -> Dict[str, object]:
     """``--inference_only``: the top-10 clusters of one image, named through the cluster -> class matching
     of ``--match_path`` and the class names of the val split (the original needed a missing module)."""
-    from PIL import Image
 
     if not args.match_path or not os.path.isfile(args.match_path):
         raise UserError(f"--match_path '{args.match_path}' does not exist (write it with --eval_only 1)")

@@ -7,12 +7,11 @@ the same computation with autograd-aware all-reduces; :func:`sync_bn` picks one 
 """
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import List
 
 import torch
 import torch.distributed as tdist
 import torch.nn as nn
-import torch.nn.functional as F
 
 from core import dist
 from core.errors import UserError

@@ -4,7 +4,7 @@ self-labeling stage. Schedules are set from outside (``train.py`` hooks) through
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional
 
 import torch
 import torch.nn as nn
