@@ -265,3 +265,18 @@ def test_semi_supervised_other_commands(r50_ckpt, tmp_path, pct, lr_bb, epochs):
     run([PY, "evaluate.py", data, ckpt, "--weights", "finetune", "--lr-backbone", lr_bb, "--lr-classifier", "0.2",
          "--train-percent", pct, "--weight-decay", "0", "--epochs", epochs, "--backbone", "resnet50",
          "--checkpoint-dir", str(tmp_path / "semi")] + EVAL_SHORT + ["--epochs", "1"])
+
+
+def test_resume_is_exact_across_the_self_labeling_switch(tmp_path):
+    # teacher + 1 TWIST epoch + 1 self-labeling epoch in one go, vs resuming from mme_ckpt.pth (end of epoch 0)
+    train = load_script("train.py", "twist_train_script_resume")
+    args = SHORT + ["--epochs", "2", "--mme_epochs", "1", "--use_momentum_encoder", "1", "--num_samples", "8"]
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    train.main(args + ["--output_dir", a])
+    train.main(args + ["--output_dir", b, "--resume", os.path.join(a, "mme_ckpt.pth")])
+    ca = torch.load(os.path.join(a, "checkpoint.pth"), weights_only=False)
+    cb = torch.load(os.path.join(b, "checkpoint.pth"), weights_only=False)
+    assert ca["epoch"] == cb["epoch"] == 1
+    for key in ("model", "teacher"):
+        for k, v in ca[key].items():
+            torch.testing.assert_close(cb[key][k], v, rtol=0, atol=0, msg=lambda m: f"{key}.{k}: {m}")
