@@ -122,6 +122,9 @@ def main_worker(ctx: dist.DistContext, args) -> None:
         epoch = step // niter
         method.epoch = epoch
         set_step(optimizer, args, sched, step, niter)
+        groups = optimizer.param_groups
+        method.extra_logs = {"lrb": groups[-1]["lr"], "wd": groups[0]["weight_decay"],
+                             "wdb": groups[-1]["weight_decay"]}
         if method.self_labeling():
             off = step if args.crops_interact_style == "self_label" else step - mme_step
             method.quantile = float(sched["quantile"][min(off, len(sched["quantile"]) - 1)])

@@ -79,6 +79,7 @@ class TwistMethod:
         self.epoch = 0
         self.quantile = 0.0
         self.watch = watch
+        self.extra_logs: Dict[str, float] = {}  # lr / wd of both groups, set by the schedule hook
         self.preds: List[torch.Tensor] = []
         self.labels: List[torch.Tensor] = []
 
@@ -127,6 +128,8 @@ class TwistMethod:
             if self.watch:
                 self.preds.append(pred1)
                 self.labels.append(dist.concat_all_gather(labels.long()))
+        for k, v in self.extra_logs.items():
+            logs[k] = torch.tensor(float(v))
         loss = out.pop("final")
         logs.update({k: v.detach() if torch.is_tensor(v) else torch.tensor(float(v)) for k, v in out.items()})
         return loss, logs
