@@ -30,7 +30,6 @@ from tools.det.coco_eval import evaluate
 from tools.det.config import apply_overrides, load_config, scaled_lr, step_lr_with_warmup
 from tools.det.data import CocoInstances, build_det_loader
 from tools.det.model import build_mask_rcnn, load_pretrained
-from tools.det.syncbn import convert_sync_bn
 from tools.det.synthetic_coco import write_synthetic_coco
 
 
@@ -108,7 +107,7 @@ def run(ctx: dist.DistContext, a: DetArgs) -> Dict[str, Any]:
         print("=> backbone randomly initialised (no --pretrained)")
     model = model.to(ctx.device)
     if cfg["model"].get("norm", "BN") == "SyncBN" and ctx.distributed:
-        model.backbone.body = convert_sync_bn(model.backbone.body)
+        model.backbone.body = dist.convert_sync_bn(model.backbone.body)
     model.train()
     inner, wrapped = prepare_model(model, ctx, channels_last=False, sync_bn=False, ddp=True)
 

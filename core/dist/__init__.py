@@ -248,12 +248,15 @@ def batch_unshuffle(x: torch.Tensor, unshuffle: torch.Tensor) -> torch.Tensor:
     return xs[idx]
 
 
-def convert_sync_bn(model: nn.Module, group=None) -> nn.Module:
+def convert_sync_bn(model: nn.Module, group=None, device_type: Optional[str] = None) -> nn.Module:
     """Synchronised BN when a process group is up: ``nn.SyncBatchNorm`` on CUDA, the equivalent
-    :class:`core.dist.syncbn.GroupBatchNorm` on CPU (gloo); the model unchanged on one process."""
+    :class:`core.dist.syncbn.GroupBatchNorm` on CPU (gloo); the model unchanged on one process.
+    ``device_type`` says where the model will run (default: where its parameters are now)."""
     if not (is_dist() and get_world_size() > 1):
         return model
-    if any(p.is_cuda for p in model.parameters()):
+    if device_type is None:
+        device_type = "cuda" if any(p.is_cuda for p in model.parameters()) else "cpu"
+    if device_type == "cuda":
         return nn.SyncBatchNorm.convert_sync_batchnorm(model, process_group=group)
     from core.dist.syncbn import convert_group_bn
 

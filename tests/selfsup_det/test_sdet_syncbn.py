@@ -1,11 +1,12 @@
-"""SyncBN on CPU/gloo (tools/det/syncbn.py): 2 processes = one BatchNorm2d on the global batch."""
+"""SyncBN on CPU/gloo for the detection backbone (core.dist.syncbn): 2 processes = one BatchNorm2d on the
+global batch."""
 import os
 
 import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from tools.det.syncbn import GlobalBatchNorm2d, convert_sync_bn
+from core.dist.syncbn import GroupBatchNorm, convert_group_bn
 
 C = 3
 
@@ -22,7 +23,7 @@ def _worker(rank, world, init, out_dir):
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
     x, w, gamma, beta = _data()
-    bn = GlobalBatchNorm2d(C, momentum=0.1)
+    bn = GroupBatchNorm(C, momentum=0.1)
     with torch.no_grad():
         bn.weight.copy_(gamma)
         bn.bias.copy_(beta)
@@ -60,12 +61,12 @@ def test_global_bn_matches_single_process(tmp_path):
 
 def test_single_process_and_conversion():
     x, w, gamma, beta = _data()
-    bn = GlobalBatchNorm2d(C)
+    bn = GroupBatchNorm(C)
     ref = nn.BatchNorm2d(C)
     torch.testing.assert_close(bn(x), ref(x))
     body = nn.Sequential(nn.Conv2d(3, C, 1), nn.BatchNorm2d(C), nn.Sequential(nn.BatchNorm2d(C)))
     body[1].weight.requires_grad_(False)
     body[1].eval()
-    conv = convert_sync_bn(body)
-    assert isinstance(conv[1], GlobalBatchNorm2d) and isinstance(conv[2][0], GlobalBatchNorm2d)
+    conv = convert_group_bn(body)
+    assert isinstance(conv[1], GroupBatchNorm) and isinstance(conv[2][0], GroupBatchNorm)
     assert not conv[1].training and not conv[1].weight.requires_grad and conv[2][0].training

@@ -6,7 +6,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from twist_lib.head import GroupBatchNorm, ProjectionHead
+from core.dist.syncbn import GroupBatchNorm
+from twist_lib.head import ProjectionHead
 from twist_lib.model import TWIST, ema_update
 
 

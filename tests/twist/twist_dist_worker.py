@@ -47,7 +47,8 @@ def run(rank, world, port, out):
 
 
 def _bn(rank, world):
-    from twist_lib.head import GroupBatchNorm, make_bunch_group
+    from core.dist.syncbn import GroupBatchNorm
+    from twist_lib.head import make_bunch_group
 
     x, w = bn_inputs(world)
     res = {}

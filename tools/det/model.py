@@ -6,7 +6,7 @@
 * ``frozen_stages`` with mmdet semantics (spec §2.3): ``>= 0`` freezes the stem (conv1 + bn1, BN in eval mode),
   ``k >= 1`` also layer1..k; ``-1`` freezes nothing. The seed's configs use 0: layer1-4 train, stem frozen;
 * ``norm_eval``: True keeps every backbone BN in eval mode; the selfsup configs use False (BN trains);
-* ``norm='SyncBN'``: the backbone BNs synchronise over ranks (:mod:`tools.det.syncbn`);
+* ``norm='SyncBN'``: the backbone BNs synchronise over ranks (:func:`core.dist.convert_sync_bn`);
 * heads and test settings as mmdet's base model: anchors 32-512 (scale 8 x strides 4-64), ratios 0.5/1/2,
   RPN NMS 0.7 with 2000/1000 pre/post-NMS boxes in training and 1000/1000 at test, 512 RoIs at 25% positives,
   2x1024-fc box head, 4-conv mask head, score threshold 0.05, NMS 0.5, 100 detections, mask threshold 0.5.

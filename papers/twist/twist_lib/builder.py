@@ -12,7 +12,8 @@ from core.augment import recipes
 from core.backbones import build_backbone
 from core.errors import UserError
 from core.optim import LARS, apply_weight_decay, cosine_scheduler, param_groups, twist_lr, twist_warmup_epochs
-from twist_lib.head import ProjectionHead, convert_sync_bn
+from core.dist import convert_sync_bn
+from twist_lib.head import ProjectionHead
 
 HARDER_GLOBAL_SCALE = (0.14, 1.0)
 HARDER_LOCAL_SCALE = (0.05, 0.14)
