@@ -96,7 +96,7 @@ def main(argv=None):
         for g in opt.param_groups:
             g["lr"] = warmup_cosine(step, total, steps // 2, lr)
 
-    probe = [train_set[i][0] for i in range(256)]  # two augmented views of 256 fixed training images
+    probe = [train_set[i][0] for i in range(min(256, len(train_set)))]  # two views of fixed training images
     probe = [torch.stack([v[0] for v in probe]).to(device), torch.stack([v[1] for v in probe]).to(device)]
 
     def end_epoch(epoch):

@@ -66,9 +66,9 @@ def zero_init_last_bn(model: nn.Module) -> None:
 
 
 def to_cifar_stem(model: ResNet, padding: int = CIFAR_STEM_PADDING) -> ResNet:
-    """solo-learn's CIFAR stem on a torchvision ResNet: 3x3 conv1, stride 1, padding 2, no max-pool."""
+    """solo-learn's CIFAR stem on a torchvision ResNet: a new 3x3 conv1 (stride 1, padding 2, no bias, torch's
+    default init, as solo-learn's ``BaseMethod``) and no max-pool."""
     model.conv1 = nn.Conv2d(3, model.conv1.out_channels, kernel_size=3, stride=1, padding=padding, bias=False)
-    nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")
     model.maxpool = nn.Identity()
     return model
 

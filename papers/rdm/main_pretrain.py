@@ -47,7 +47,7 @@ def run(ctx, cfg):
     cfg["lr_scaled"], cfg["classifier_lr_scaled"] = cfg["lr"] * scale, cfg["classifier_lr"] * scale
     groups = model.param_groups(cfg["lr_scaled"], cfg["classifier_lr_scaled"], cfg["weight_decay"])
     optimizer = build_optimizer(cfg, groups)
-    inner, wrapped = prepare_model(model, ctx, sync_bn=cfg["sync_batchnorm"] and ctx.device.type == "cuda")
+    inner, wrapped = prepare_model(model, ctx, sync_bn=cfg["sync_batchnorm"])
 
     out_dir = os.path.join(cfg["checkpoint_dir"], cfg["method"], cfg["name"])
     steps_per_epoch = len(train_loader)

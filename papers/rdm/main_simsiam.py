@@ -34,7 +34,7 @@ def run(ctx, args):
     else:
         params = model.parameters()
     optimizer = torch.optim.SGD(params, init_lr, momentum=args.momentum, weight_decay=args.weight_decay)
-    inner, wrapped = prepare_model(model, ctx, sync_bn=ctx.device.type == "cuda")  # no CPU SyncBN
+    inner, wrapped = prepare_model(model, ctx, sync_bn=True)
 
     train_ds = build_dataset(args.data, "train", MultiView([moco_v2(args.image_size)] * 2),
                              image_size=args.image_size)

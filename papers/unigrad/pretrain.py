@@ -68,7 +68,7 @@ def main_worker(ctx: dist.DistContext, cfg) -> None:
     model = SiameseNet(cfg)
     if ctx.is_main:
         print(model)
-    inner, model = prepare_model(model, ctx, sync_bn=ctx.device.type == "cuda")
+    inner, model = prepare_model(model, ctx, sync_bn=True)  # SyncBN on CUDA, GroupBatchNorm on gloo
     init_lr = cfg.base_lr * cfg.whole_batch_size / 256
     optimizer = torch.optim.SGD([p for p in inner.parameters() if p.requires_grad], lr=init_lr,
                                 momentum=cfg.momentum, weight_decay=cfg.weight_decay)

@@ -90,13 +90,9 @@ class ImageNetSimSiam(SimSiam):
 
 # ------------------------------------------------------------------------------------------- solo-learn
 def solo_backbone(name: str, cifar: bool, zero_init_residual: bool = False) -> nn.Module:
-    """solo ``BaseMethod`` backbone: ``fc = Identity``; on CIFAR ``conv1 = Conv2d(3, C, 3, stride 1,
-    padding 2, bias False)`` (torch default init) and ``maxpool = Identity``."""
-    bb = build_backbone(name, zero_init_residual=zero_init_residual)
-    if cifar:
-        bb.conv1 = nn.Conv2d(3, bb.conv1.out_channels, kernel_size=3, stride=1, padding=2, bias=False)
-        bb.maxpool = nn.Identity()
-    return bb
+    """solo ``BaseMethod`` backbone: ``fc = Identity``; on CIFAR the core's solo-learn stem
+    (``Conv2d(3, C, 3, stride 1, padding 2, bias False)`` with torch's default init, ``maxpool = Identity``)."""
+    return build_backbone(name, cifar_stem=cifar, zero_init_residual=zero_init_residual)
 
 
 def topk_correct(logits: torch.Tensor, y: torch.Tensor, ks=(1, 5)) -> List[torch.Tensor]:
