@@ -1,19 +1,11 @@
 """Test helpers: registers the ``au_lib`` package by path (importing this module is enough, also in spawned
 processes), small encoders with a ResNet-like ``fc``, and script loading under unique module names."""
-import importlib.util
-import os
-import sys
-
 import torch.nn as nn
 
-PAPER = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "papers", "align_uniform"))
-if "au_lib" not in sys.modules:
-    _pkg = os.path.join(PAPER, "au_lib")
-    _spec = importlib.util.spec_from_file_location("au_lib", os.path.join(_pkg, "__init__.py"),
-                                                   submodule_search_locations=[_pkg])
-    _mod = importlib.util.module_from_spec(_spec)
-    sys.modules["au_lib"] = _mod
-    _spec.loader.exec_module(_mod)
+from paper_import import load_script as _load, paper_dir, register_package
+
+PAPER = paper_dir("align_uniform")
+register_package("align_uniform", "au_lib")
 
 
 class TinyNet(nn.Module):
@@ -35,11 +27,4 @@ def tiny(bn=False):
 
 def load_script(name):
     """Import papers/align_uniform/<name>.py under a unique module name (other papers have a main_lincls.py)."""
-    modname = f"au_script_{name}"
-    if modname in sys.modules:
-        return sys.modules[modname]
-    spec = importlib.util.spec_from_file_location(modname, os.path.join(PAPER, f"{name}.py"))
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[modname] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return _load("align_uniform", f"{name}.py", f"au_script_{name}", cached=True)

@@ -12,6 +12,8 @@ import torch
 
 from core import dist
 
+import paper_import
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 TWIST = os.path.abspath(os.path.join(HERE, "..", "..", "papers", "twist"))
 PY = sys.executable
@@ -154,12 +156,7 @@ def test_eval_only_clustering_cli(tmp_path, capsys):
 
 
 def load_script(rel, name):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(name, os.path.join(TWIST, rel))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return paper_import.load_script("twist", rel, name)
 
 
 def test_bad_inputs_give_one_line_errors(tmp_path, capsys, monkeypatch):

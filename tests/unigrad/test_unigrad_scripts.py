@@ -10,6 +10,8 @@ import torch
 
 from core.errors import UserError
 
+import paper_import
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 FOLDER = os.path.abspath(os.path.join(HERE, "..", "..", "papers", "unigrad"))
 SHORT = ["train_datadir=synthetic", "test_datadir=synthetic", "arch=resnet_tiny", "projector_input_dim=128",
@@ -28,11 +30,7 @@ def env():
 
 def load_script(name):
     """Import a script of the folder under a repo-unique module name (in-process runs are cheaper)."""
-    import importlib.util
-    spec = importlib.util.spec_from_file_location(f"unigrad_script_{name}", os.path.join(FOLDER, f"{name}.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return paper_import.load_script("unigrad", f"{name}.py", f"unigrad_script_{name}")
 
 
 def run(cmd, cwd=FOLDER, timeout=240):
