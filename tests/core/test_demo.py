@@ -19,3 +19,10 @@ def test_demo_tiny_run_writes_everything(tmp_path, capsys):
     assert {"train_loss", "eff_rank", "l2_std", "align", "uniform", "pos_sim"} <= set(log[0])
     printed = capsys.readouterr().out
     assert "| random init |" in printed and "kNN top-1 (k=20)" in printed
+
+
+def test_bench_reports_throughput():
+    from core import bench
+
+    res = bench.main(["--steps", "1", "--warmup", "1", "--batch-size", "4", "--image-size", "32"])
+    assert res["images_per_sec"] > 0 and res["amp"] == "off" and res["device"] == "cpu"
