@@ -43,7 +43,7 @@ class EngineConfig:
     save_every: int = 1
     model_key: str = "model"
     model_prefix: str = ""            # e.g. "module." for the originals' DDP layouts
-    resume: str = ""                  # path, or "auto" = first of ckpt_names in output_dir if present
+    resume: str = ""                  # path, or "auto" = the first ckpt_name without {epoch}, if present
     max_steps_per_epoch: Optional[int] = None
     stop_after_epochs: Optional[int] = None  # end this invocation after N epochs (time-limited jobs)
     tensorboard: bool = True
@@ -171,9 +171,10 @@ def train(model: nn.Module, optimizer: torch.optim.Optimizer, loader, cfg: Engin
     start_epoch, history = cfg.start_epoch, []
 
     resume = cfg.resume
-    if resume == "auto":
-        cand = os.path.join(cfg.output_dir, cfg.ckpt_names[0].format(epoch=0))
-        resume = cand if os.path.isfile(cand) else ""
+    if resume == "auto":  # the first checkpoint name without an epoch field is the "latest" file
+        latest = [n for n in cfg.ckpt_names if "{" not in n]
+        cand = os.path.join(cfg.output_dir, latest[0]) if latest else ""
+        resume = cand if cand and os.path.isfile(cand) else ""
     if resume:
         ckpt = load_checkpoint(resume)
         if cfg.model_key not in ckpt:
@@ -183,7 +184,7 @@ def train(model: nn.Module, optimizer: torch.optim.Optimizer, loader, cfg: Engin
             optimizer.load_state_dict(ckpt["optimizer"])
         eng = ckpt.get("engine", {})
         start_epoch = eng.get("epoch", ckpt.get("epoch", 0))
-        history = list(eng.get("history", []))
+        history = [dict(h) for h in eng.get("history", [])]
         if scaler is not None and eng.get("scaler"):
             scaler.load_state_dict(eng["scaler"])
         rngs = eng.get("rng")
@@ -198,7 +199,7 @@ def train(model: nn.Module, optimizer: torch.optim.Optimizer, loader, cfg: Engin
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(os.path.join(cfg.output_dir, "tb"))
-    step_losses = list(history[-1].get("_step_losses", [])) if history else []
+    step_losses = list(history[-1].pop("_step_losses", [])) if history else []
 
     last_epoch = cfg.epochs
     if cfg.stop_after_epochs:
