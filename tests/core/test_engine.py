@@ -38,7 +38,7 @@ class Model(nn.Module):
         return loss, {"ce": loss.detach()}
 
 
-def _run(out, epochs, resume="", seed=0, workers=0, stop=None):
+def _run(out, epochs, resume="", seed=0, workers=0, stop=None, names=("checkpoint.pth",)):
     seed_everything(seed)
     model = Model()
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
@@ -51,7 +51,7 @@ def _run(out, epochs, resume="", seed=0, workers=0, stop=None):
         lrs.append(g["lr"])
 
     cfg = EngineConfig(epochs=epochs, output_dir=str(out), resume=resume, print_freq=2, progress=False,
-                       tensorboard=False, plot=False, stop_after_epochs=stop)
+                       tensorboard=False, plot=False, stop_after_epochs=stop, ckpt_names=names)
     hist = train(model, opt, loader, cfg, before_step=before)
     return hist, model, lrs
 
@@ -73,6 +73,17 @@ def test_resume_with_workers_is_exact(tmp_path):
     full, _, _ = _run(tmp_path / "a", 2, workers=1)
     _run(tmp_path / "b", 2, workers=1, stop=1)
     resumed, _, _ = _run(tmp_path / "b", 2, resume="auto", workers=1)
+    assert [h["train_loss"] for h in resumed] == [h["train_loss"] for h in full]
+
+
+def test_auto_resume_uses_the_latest_name_with_per_epoch_files(tmp_path):
+    names = ("checkpoint_{epoch:04d}.pth.tar", "latest.pth")
+    full, _, _ = _run(tmp_path / "a", 3, names=names)
+    _run(tmp_path / "b", 3, stop=2, names=names)
+    assert sorted(os.listdir(tmp_path / "b"))[:3] == ["checkpoint_0000.pth.tar", "checkpoint_0001.pth.tar",
+                                                      "latest.pth"]
+    resumed, _, _ = _run(tmp_path / "b", 3, resume="auto", names=names)
+    assert len(resumed) == 3 and all("_step_losses" not in h for h in resumed)
     assert [h["train_loss"] for h in resumed] == [h["train_loss"] for h in full]
 
 
