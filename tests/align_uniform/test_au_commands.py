@@ -43,7 +43,7 @@ def moco_ckpt(tmp_path_factory):
 
 def test_seed_moco_four_gloo_processes(moco_ckpt):
     p, run = moco_ckpt
-    assert "=> Optimize:\n\t3 * loss_align(alpha=2)\n\t+ 1 * loss_uniform(t=3)" in p.stdout
+    assert "=> Optimize:\n\t3 * loss_align(alpha=2)\n\t + 1 * loss_uniform(t=3)" in p.stdout
     ck = torch.load(run / "checkpoint_0000.pth.tar", map_location="cpu", weights_only=False)
     assert ck["epoch"] == 1 and ck["arch"] == "resnet_tiny" and "optimizer" in ck
     sd = ck["state_dict"]

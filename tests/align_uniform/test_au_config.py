@@ -50,7 +50,7 @@ def test_run_name_and_zero_weight_switches_term_off():
     a = moco_parser().parse_args(["D"])
     assert run_name(a) == "mocom0.999_align3alpha2_unif1t3_b128_lr0.03_e120,160,200"
     assert a.moco_contr_tau is None and a.moco_align_alpha == 2 and a.moco_unif_t == 3
-    assert optimize_line(a) == "=> Optimize:\n\t3 * loss_align(alpha=2)\n\t+ 1 * loss_uniform(t=3)"
+    assert optimize_line(a) == "=> Optimize:\n\t3 * loss_align(alpha=2)\n\t + 1 * loss_uniform(t=3)"
     a = moco_parser().parse_args(["--moco-contr-w", "1", "--moco-align-w", "0", "--moco-unif-w", "0",
                                   "--moco-contr-tau", "0.2", "--mlp", "--aug-plus", "--cos", "D"])
     assert run_name(a) == "mocom0.999_contr1tau0.2_mlp_aug+_cos_b128_lr0.03_e120,160,200"
@@ -60,6 +60,13 @@ def test_run_name_and_zero_weight_switches_term_off():
     terms = resolve_loss_terms(a)
     assert "unif1t2(no-intra-batch)" in terms
     assert "loss_uniform_no_intra_batch(t=2)" in optimize_line(a)
+    # all three terms: separator "\n\t + " between them (as the original's "\n\t + ".join)
+    a = moco_parser().parse_args(["--moco-contr-w", "0.5", "D"])
+    assert optimize_line(a) == ("=> Optimize:\n\t0.5 * loss_contrastive(tau=0.07)\n\t + 3 * loss_align(alpha=2)"
+                                "\n\t + 1 * loss_uniform(t=3)")
+    # empty --schedule: "e{schedule joined by ','},{epochs}" keeps its comma, as the original format string
+    a = moco_parser().parse_args(["--cos", "--schedule", "--epochs", "100", "D"])
+    assert run_name(a) == "mocom0.999_align3alpha2_unif1t3_cos_b128_lr0.03_e,100"
 
 
 def test_epoch_lr_step_and_cosine_by_hand():
@@ -76,6 +83,7 @@ def test_epoch_lr_step_and_cosine_by_hand():
 def test_lincls_save_folder_layout():
     got = lincls_save_folder("results/run/checkpoint_0199.pth.tar", 256, 30.0, [60, 80], 100)
     assert got == "results/run/lincls/checkpoint_0199.pth.tar/b256_lr30_e60,80,100"
+    assert lincls_save_folder("r/c.pth.tar", 256, 30.0, [], 100) == "r/lincls/c.pth.tar/b256_lr30_e,100"
 
 
 def test_launch_prepare_divides_batch_and_workers(monkeypatch):

@@ -121,7 +121,7 @@ def resolve_loss_terms(args) -> List[str]:
     for flag, name in ((args.mlp, "mlp"), (args.aug_plus, "aug+"), (args.cos, "cos")):
         if flag:
             terms.append(name)
-    terms += [f"b{args.batch_size}", f"lr{args.lr:g}", "e" + ",".join(map(str, args.schedule + [args.epochs]))]
+    terms += [f"b{args.batch_size}", f"lr{args.lr:g}", f"e{','.join(map(str, args.schedule))},{args.epochs}"]
     return terms
 
 
@@ -139,7 +139,7 @@ def optimize_line(args) -> str:
     if args.moco_unif_t is not None:
         name = "loss_uniform_no_intra_batch" if args.moco_unif_no_intra_batch else "loss_uniform"
         parts.append(f"{args.moco_unif_w:g} * {name}(t={args.moco_unif_t:g})")
-    return "=> Optimize:\n\t" + "\n\t+ ".join(parts)
+    return "=> Optimize:\n\t" + "\n\t + ".join(parts)  # separator "\n\t + " as the original
 
 
 def epoch_lr(base_lr: float, epoch: int, epochs: int, schedule: Sequence[int], cos: bool = False) -> float:
@@ -153,4 +153,4 @@ def epoch_lr(base_lr: float, epoch: int, epochs: int, schedule: Sequence[int], c
 def lincls_save_folder(pretrained: str, batch_size: int, lr: float, schedule: Sequence[int], epochs: int) -> str:
     """``<dir of pretrained>/lincls/<basename of pretrained>/b{bs}_lr{lr:g}_e{schedule},{epochs}``."""
     return os.path.join(os.path.dirname(pretrained) or ".", "lincls", os.path.basename(pretrained),
-                        f"b{batch_size}_lr{lr:g}_e{','.join(map(str, list(schedule) + [epochs]))}")
+                        f"b{batch_size}_lr{lr:g}_e{','.join(map(str, schedule))},{epochs}")
