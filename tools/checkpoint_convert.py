@@ -48,17 +48,21 @@ from core.errors import UserError, cli_main
 LAYOUTS = ("moco", "simsiam", "swav", "barlow", "dino", "twist", "unigrad", "mmselfsup", "openselfsup",
            "detectron2", "repo", "plain")
 
+# this repo's own pretraining checkpoints: papers/unigrad (every method) writes ``model`` with
+# ``module.encoder.<torchvision names>`` (detected as "simsiam"), papers/rdm main_pretrain writes ``state_dict``
+# with ``backbone.*`` (detected as "mmselfsup"); other prefixes are "repo"
+_OWN = ("simsiam", "mmselfsup", "repo")
 # which detected layouts each ``--selfsup`` method accepts ("plain" = a backbone-only release of that method)
 METHOD_LAYOUTS = {
-    "moco": ("moco", "openselfsup", "plain"),
+    "moco": ("moco", "openselfsup", "plain") + _OWN,
     "swav": ("swav", "plain"),
-    "simsiam": ("simsiam", "plain"),
-    "byol": ("plain", "mmselfsup"),
-    "barlow": ("barlow", "plain"),
-    "barlowtwins": ("barlow", "plain"),
+    "simsiam": ("simsiam", "plain", "mmselfsup", "repo"),
+    "byol": ("plain", "mmselfsup", "simsiam", "repo"),
+    "barlow": ("barlow", "plain") + _OWN,
+    "barlowtwins": ("barlow", "plain") + _OWN,
     "dino": ("dino", "plain"),
-    "twist": ("twist", "plain"),
-    "unigrad": ("unigrad", "plain"),
+    "twist": ("twist", "plain", "repo"),
+    "unigrad": ("unigrad", "plain") + _OWN,
     "mmselfsup": ("mmselfsup",),
     "openselfsup": ("openselfsup",),
     "detectron2": ("detectron2",),

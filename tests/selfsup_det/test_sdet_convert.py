@@ -258,3 +258,22 @@ def test_selfsup2mmdet_as_printed(tmp_path):
     r = subprocess.run(["python", "tools/model_converters/selfsup2mmdet.py", "missing.pth", "o.pth", "--selfsup",
                         "moco"], cwd=tmp_path, capture_output=True, text=True, env=env)
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "does not exist" in r.stderr
+
+
+@pytest.mark.parametrize("method", ["unigrad", "moco", "byol", "barlow", "simsiam"])
+def test_own_pretraining_checkpoints_accept_their_method(ref, method):
+    """This repo's papers/unigrad (``model`` with ``module.encoder.*`` + momentum copies, every method) and
+    papers/rdm main_pretrain (``state_dict`` with ``backbone.*`` + ``momentum_backbone.*``) checkpoints convert
+    with ``--selfsup`` naming the method they were trained with."""
+    other = _rand_like(ref, 1)
+    unigrad = {"epoch": 1, "F": None, "optimizer": {}, "model": {
+        **_prefixed(ref, "module.encoder."), **_prefixed(other, "module.momentum_encoder."),
+        "module.projector.0.weight": torch.randn(8, 512), "module.queue": torch.randn(4, 8)}}
+    rdm = {"epoch": 1, "args": {"method": method}, "state_dict": {
+        **_prefixed(ref, "backbone."), **_prefixed(other, "momentum_backbone."),
+        "projector.0.weight": torch.randn(8, 512), "classifier.weight": torch.randn(10, 512)}}
+    for obj in (unigrad, rdm):
+        _, bb = extract_backbone(obj, method=method)
+        assert list(bb) == list(ref) and all(torch.equal(bb[k], ref[k]) for k in ref)
+    with pytest.raises(UserError, match="looks like a 'simsiam'"):
+        extract_backbone(unigrad, method="swav")
