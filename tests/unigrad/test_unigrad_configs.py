@@ -88,5 +88,9 @@ def test_overrides_and_form_switch():
         load_config(path, ["loss=loss_simclr_grad_mm", "moco_t=null"])
     with pytest.raises(UserError, match="does not exist"):
         load_config(os.path.join(CONFIG_DIR, "nope.py"))
+    with pytest.raises(UserError, match="must lie in"):
+        load_config(path, ["rho=1.5"])
+    with pytest.raises(UserError, match="must be positive"):
+        load_config(path, ["loss=loss_simclr_grad_mm", "moco_t=0"])
     with pytest.raises(UserError, match="unknown loss"):
         load_config(path, ["loss=loss_foo"])

@@ -172,6 +172,10 @@ def check(cfg: Config) -> Config:
     for k in NEEDS.get((method, form), ()):
         if not isinstance(cfg.get(k), (int, float)) or isinstance(cfg.get(k), bool):
             raise UserError(f"{cfg.loss} needs a number for '{k}', got {cfg.get(k)!r}")
+        if k == "rho" and not 0.0 <= cfg.rho <= 1.0:
+            raise UserError(f"'rho' (the moving-average rate of F) must lie in [0, 1], got {cfg.rho!r}")
+        if k == "moco_t" and cfg.moco_t <= 0:
+            raise UserError(f"'moco_t' (the temperature) must be positive, got {cfg.moco_t!r}")
     for k in ("whole_batch_size", "epochs", "print_freq", "save_freq", "knn_k", "n_workers", "image_size"):
         if not isinstance(cfg[k], int) or isinstance(cfg[k], bool) or cfg[k] < (0 if k == "n_workers" else 1):
             raise UserError(f"'{k}' must be a positive integer, got {cfg[k]!r}")
