@@ -101,3 +101,22 @@ def test_hub_linear_clf_and_missing_checkpoint(paper_dir, tmp_path, monkeypatch)
     monkeypatch.delenv("AU_ENCODER_CKPT", raising=False)
     with pytest.raises(UserError, match="AU_ENCODER_CKPT"):
         torch.hub.load(paper_dir, "imagenet_resnet50_encoder", source="local")
+
+
+def test_hub_encoder_on_a_builder_checkpoint(paper_dir, tmp_path):
+    """A checkpoint laid out as main_moco saves it (DDP prefix, MoCo(resnet50, --mlp) state dict): the hub encoder
+    keeps encoder_q with its MLP head and equals normalize(encoder_q(x))."""
+    from au_lib.builder import MoCo
+    from au_lib.nets import net_constructor
+
+    torch.manual_seed(0)
+    moco = MoCo(net_constructor("resnet50"), dim=128, K=16, mlp=True, contr_tau=None, align_alpha=2.0, unif_t=3.0)
+    path = tmp_path / "checkpoint_0199.pth.tar"
+    torch.save({"epoch": 200, "arch": "resnet50", "optimizer": {},
+                "state_dict": {"module." + k: v for k, v in moco.state_dict().items()}}, path)
+    model = torch.hub.load(paper_dir, "imagenet_resnet50_encoder", source="local", checkpoint=str(path))
+    model.eval()
+    moco.encoder_q.eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), torch.nn.functional.normalize(moco.encoder_q(x), dim=1))
