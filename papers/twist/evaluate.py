@@ -50,7 +50,7 @@ def get_parser() -> argparse.ArgumentParser:
     a("--lr-classifier", dest="lr_classifier", type=float, default=0.3)
     a("--weight-decay", "--weight_decay", dest="weight_decay", type=float, default=1e-6)
     a("--print-freq", dest="print_freq", type=int, default=100)
-    a("--val_epoch", type=int, default=1, help="validate every n epochs (and at the last one)")
+    a("--val_epoch", type=int, default=1, help="validate at epochs 0, n, 2n, ... and the last one")
     a("--checkpoint-dir", dest="checkpoint_dir", type=str, default="./checkpoint/lincls/")
     a("--use_lmdb", type=int, default=0, help="LMDB is not supported here (1 = error)")
     a("--img_size", type=int, default=224, help="repo addition: crop size (224 = the original)")

@@ -47,7 +47,7 @@ def get_parser() -> argparse.ArgumentParser:
     a("--local_rank", "--local-rank", dest="local_rank", default=0, type=int)
     a("--data_path", default="synthetic", type=str, help="'synthetic' or a folder with train/ and val/")
     a("--num_workers", default=10, type=int)
-    a("--val_freq", default=1, type=int, help="validate every n epochs (and at the last one)")
+    a("--val_freq", default=1, type=int, help="validate at epochs 0, n, 2n, ... and the last one")
     a("--output_dir", default=".", help="the linear run writes to OUTPUT_DIR/linear_vit/ (checkpoint.pth.tar, "
                                         "stats.txt, log.txt)")
     a("--num_labels", default=1000, type=int)
@@ -135,6 +135,8 @@ def _entry(path, key):
 @cli_main
 def main(argv=None) -> None:
     args = get_parser().parse_args(argv)
+    if args.val_freq < 1 or args.epochs < 1:
+        raise UserError("--epochs and --val_freq must be positive")
     dist.launch(main_worker, args, dist_url=args.dist_url)
 
 

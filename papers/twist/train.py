@@ -17,7 +17,7 @@ import torch
 
 from core import dist
 from core.data import build_dataset, build_loader, seed_everything
-from core.engine import EngineConfig, load_checkpoint, train
+from core.engine import EngineConfig, load_checkpoint, save_checkpoint, train
 from core.errors import UserError, cli_main
 from twist_lib.builder import (build_optimizer, build_twist, finalize_args, harder_transform, schedules,
                                set_step, train_transform)
@@ -43,6 +43,30 @@ def load_model_weights(model, state, what):
     if missing or unexpected:
         raise UserError(f"{what} does not match the model: missing {list(missing)[:4]}, "
                         f"unexpected {list(unexpected)[:4]}")
+
+
+def adapt_checkpoint(ck, optimizer, what: str) -> bool:
+    """Make a checkpoint of the original code loadable by the engine the way the original's resume read it:
+    rename the early head keys of ``model`` / ``teacher``; without an ``engine`` entry (the original's format)
+    continue at ``epoch + 1`` with its ``scaler`` and complete its optimizer groups with this run's group
+    settings (LARS ``eps``, ``lr_scale`` = 1 / ``--lr_wbr``, ...). Returns whether anything changed."""
+    changed = False
+    for e in ("model", "teacher"):
+        if isinstance(ck.get(e), dict) and any(k in OLD_HEAD_KEYS for k in ck[e]):
+            ck[e] = {OLD_HEAD_KEYS.get(k, k): v for k, v in ck[e].items()}
+            changed = True
+    if "engine" not in ck and "epoch" in ck:
+        saved = ck.get("optimizer", {}).get("param_groups", [])
+        if saved and len(saved) != len(optimizer.param_groups):
+            raise UserError(f"{what}: its optimizer has {len(saved)} parameter groups, this run "
+                            f"{len(optimizer.param_groups)} (use the same --optim / --exclude-bias-weight-decay)")
+        for g, cur in zip(saved, optimizer.param_groups):
+            for k, v in cur.items():
+                if k != "params":
+                    g.setdefault(k, v)
+        ck["engine"] = {"epoch": int(ck["epoch"]) + 1, "scaler": ck.get("scaler")}
+        changed = True
+    return changed
 
 
 def main_worker(ctx: dist.DistContext, args) -> None:
@@ -180,13 +204,22 @@ def main_worker(ctx: dist.DistContext, args) -> None:
         nxt = ckpt.get("engine", {}).get("epoch", ckpt.get("epoch", 0))
         switch_to_harder(nxt)
 
+    resume = args.resume
+    if resume:
+        ck = load_checkpoint(resume)
+        if isinstance(ck, dict) and adapt_checkpoint(ck, optimizer, resume):
+            resume = os.path.join(output_dir, "resume_remapped.pth")
+            if ctx.is_main:
+                save_checkpoint(ck, resume)
+            dist.barrier()
+        del ck
     if ctx.is_main and args.start_epoch == 0 and not args.resume:
         with open(os.path.join(output_dir, "log.txt"), "a") as f:
             f.write(json.dumps({k: v for k, v in vars(args).items()
                                 if isinstance(v, (int, float, str, bool, list, tuple, type(None)))}) + "\n")
     cfg = EngineConfig(epochs=args.epochs, output_dir=output_dir, start_epoch=args.start_epoch,
                        amp="fp16" if args.amp else "off", clip_grad=args.clip_norm, clip_with_amp_only=True,
-                       print_freq=10, ckpt_names=("checkpoint.pth",), model_key="model", resume=args.resume,
+                       print_freq=10, ckpt_names=("checkpoint.pth",), model_key="model", resume=resume,
                        max_steps_per_epoch=args.max_steps_per_epoch or None, desc="twist")
     print(f"Start training for {args.epochs} epochs")
     train(wrapped, optimizer, loader, cfg, ctx, before_step=before_step, after_step=after_step,

@@ -164,6 +164,7 @@ def test_bad_inputs_give_one_line_errors(tmp_path, capsys, monkeypatch):
     train = load_script("train.py", "twist_train_script")
     evaluate = load_script("evaluate.py", "twist_evaluate_script")
     conv = load_script("detection/convert-pretrain-to-detectron2.py", "twist_d2_convert_script")
+    vitlin = load_script("evaluate_vitlinear.py", "twist_vitlinear_script")
     cases = [
         (train.main, ["--data-path", str(tmp_path / "missing")] + SHORT, "does not exist"),
         (train.main, ["--backbone", "nope", "--num_workers", "0"], "unknown backbone"),
@@ -172,6 +173,7 @@ def test_bad_inputs_give_one_line_errors(tmp_path, capsys, monkeypatch):
         (train.main, SHORT + ["--bunch-size", "3", "--epochs", "1"], "multiple of --batch-size"),
         (evaluate.main, ["synthetic", str(tmp_path / "x.pth")], "does not exist"),
         (conv.main, ["a.pth", "b.txt"], ".pkl"),
+        (vitlin.main, ["--val_freq", "0"], "must be positive"),
     ]
     for fn, argv, msg in cases:
         with pytest.raises(SystemExit) as e:
@@ -273,3 +275,31 @@ def test_resume_is_exact_across_the_self_labeling_switch(tmp_path):
     for key in ("model", "teacher"):
         for k, v in ca[key].items():
             torch.testing.assert_close(cb[key][k], v, rtol=0, atol=0, msg=lambda m: f"{key}.{k}: {m}")
+
+
+def test_resume_from_a_checkpoint_of_the_original_code(tmp_path):
+    # the original's format: early multi-head names, no engine entry, its own optimizer-group keys, 'epoch' =
+    # last finished epoch; its train.py renamed the head keys and continued at epoch + 1
+    train = load_script("train.py", "twist_train_script_oldkeys")
+    args = SHORT + ["--num_samples", "8", "--max_steps_per_epoch", "1", "--use_momentum_encoder", "1",
+                    "--lr_wbr", "2"]
+    a = str(tmp_path / "a")
+    train.main(args + ["--output_dir", a, "--epochs", "1"])
+    ck = torch.load(os.path.join(a, "checkpoint.pth"), weights_only=False)
+    new_to_old = {v: k for k, v in train.OLD_HEAD_KEYS.items()}
+    for e in ("model", "teacher"):
+        ck[e] = {new_to_old.get(k, k): v for k, v in ck[e].items()}
+    assert "projection_heads.cls_heads.0.0.weight" in ck["model"]
+    del ck["engine"]
+    for g in ck["optimizer"]["param_groups"]:  # LARS_OPENSELF groups: no eps / clip / lr_scale / name
+        for k in ("eps", "clip", "exclude_1d", "name", "lr_scale"):
+            g.pop(k, None)
+        g.update(dampening=0, nesterov=False)
+    old = str(tmp_path / "old.pth")
+    torch.save(ck, old)
+    b = str(tmp_path / "b")
+    train.main(args + ["--output_dir", b, "--epochs", "2", "--resume", old])
+    out = torch.load(os.path.join(b, "checkpoint.pth"), weights_only=False)
+    assert out["epoch"] == 1 and "projection_heads.last_linear.weight" in out["teacher"]
+    assert len(out["engine"]["history"]) == 1  # only epoch 1 ran (epoch 0 of the checkpoint is not repeated)
+    assert out["optimizer"]["param_groups"][1]["lr_scale"] == 0.5  # 1 / --lr_wbr restored for the bias group

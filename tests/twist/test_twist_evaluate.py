@@ -76,3 +76,13 @@ def test_frozen_classifier_keeps_bn_in_eval_and_trains_fc_only():
     assert all(torch.equal(before[k], v) for k, v in m.backbone.state_dict().items())  # no BN stat update
     ft = Classifier(build_backbone("resnet_tiny"), 128, 10, freeze=False).train()
     assert ft.backbone.training
+
+
+def test_validation_epochs_as_the_originals():
+    # evaluate.py / evaluate_vitlinear.py: `epoch % n == 0 or epoch == epochs - 1` (0-based)
+    from twist_lib.lineval import validates
+
+    assert [e for e in range(10) if validates(e, 4, 10)] == [0, 4, 8, 9]
+    assert [e for e in range(6) if validates(e, 2, 6)] == [0, 2, 4, 5]
+    assert [e for e in range(3) if validates(e, 1, 3)] == [0, 1, 2]
+    assert [e for e in range(1) if validates(e, 5, 1)] == [0]

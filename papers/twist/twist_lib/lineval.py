@@ -53,14 +53,20 @@ class Classifier(nn.Module):
         return loss, {"acc1": accuracy(out.detach(), y)[0].float() * 100 / y.shape[0]}
 
 
+def validates(epoch: int, every: int, epochs: int) -> bool:
+    """Validation epochs of both originals (Barlow-Twins-style ``evaluate.py`` and DINO-style
+    ``evaluate_vitlinear.py``): ``epoch % every == 0 or epoch == epochs - 1`` (0-based epochs)."""
+    return epoch % every == 0 or epoch == epochs - 1
+
+
 def run(model: Classifier, wrapped: nn.Module, optimizer, train_loader, val_loader, *, epochs: int, out_dir: str,
         ctx, val_every: int = 1, max_steps: Optional[int] = None, print_freq: int = 100,
         reference: Optional[Dict[str, torch.Tensor]] = None, desc: str = "linear",
         ckpt_name: str = "checkpoint.pth") -> Dict[str, float]:
     """Train with the engine (auto-resume from ``out_dir/<ckpt_name>``); lr of every group is its
     ``initial_lr`` times ``0.5 (1 + cos(pi epoch / epochs))`` (``CosineAnnealingLR`` stepped per epoch).
-    Validates every ``val_every`` epochs and at the last one; ``stats.txt`` gets one JSON line per
-    validation; returns the best top-1."""
+    Validates at the epochs of :func:`validates` (0, n, 2n, ... and the last); ``stats.txt`` gets one JSON
+    line per validation; returns the best top-1."""
     os.makedirs(out_dir, exist_ok=True)
     for g in optimizer.param_groups:
         g.setdefault("initial_lr", g["lr"])
@@ -77,7 +83,7 @@ def run(model: Classifier, wrapped: nn.Module, optimizer, train_loader, val_load
     def end_epoch(epoch):
         if reference is not None:  # frozen backbone must not change
             sanity_check(model.backbone.state_dict(), reference, ignore=())
-        if (epoch + 1) % val_every != 0 and epoch + 1 != epochs:
+        if not validates(epoch, val_every, epochs):
             return {}
         res = validate(wrapped, val_loader, ctx.device, max_steps)
         best["best_acc1"] = max(best["best_acc1"], res["acc1"])
