@@ -3,6 +3,7 @@ pretraining checkpoint loads into the linear evaluations. Flags are only *added*
 import glob
 import importlib.util
 import json
+import math
 import os
 import subprocess
 
@@ -32,20 +33,32 @@ LINCLS_CMD = ["-a", "resnet50", "--dist-url", "tcp://localhost:10001", "--multip
 SHORT_IMAGENET = ["-a", "resnet_tiny", "--image-size", "32", "-j", "0", "--max-steps-per-epoch", "2"]
 
 
-def test_main_simsiam_then_main_lincls(tmp_path, monkeypatch):
-    monkeypatch.delenv("SSL_CPU_PROCS", raising=False)
+def test_main_simsiam_then_main_lincls(tmp_path, monkeypatch, capsys):
+    """Both ImageNet commands as printed (run in-process: a subprocess would add two torch imports).
+    ``--start-epoch 98`` (an original flag) shortens the default 100-epoch run to its last two epochs, so the
+    printed ``checkpoint_0099.pth.tar`` exists and is the one ``main_lincls.py --pretrained`` loads."""
+    import torch
+
+    monkeypatch.delenv("SSL_CPU_PROCS", raising=False)  # --multiprocessing-distributed: one CPU process
     pre, lin = tmp_path / "pre", tmp_path / "lin"
     load_script("main_simsiam").main(SIMSIAM_CMD + SHORT_IMAGENET + [
-        "--epochs", "2", "-b", "8", "--dim", "64", "--pred-dim", "16", "--output-dir", str(pre)])
-    assert sorted(os.listdir(pre)) >= ["checkpoint_0000.pth.tar", "checkpoint_0001.pth.tar"]
+        "--start-epoch", "98", "-b", "8", "--dim", "64", "--pred-dim", "16", "--output-dir", str(pre)])
+    assert {"checkpoint_0098.pth.tar", "checkpoint_0099.pth.tar"} <= set(os.listdir(pre))
     log = read_log(pre)
-    assert len(log) == 2 and all(k in log[-1] for k in ("erank_online", "erank_target", "rank_differential"))
+    assert [h["epoch"] for h in log] == [98, 99]
+    assert all(k in log[-1] for k in ("erank_online", "erank_target", "rank_differential"))
     assert abs(log[-1]["rank_differential"] - (log[-1]["erank_target"] - log[-1]["erank_online"])) < 1e-9
+    # per-epoch cosine of init_lr = 0.05 * 8 / 256, no warmup (spec 3b): epoch 99 of 100
+    assert log[-1]["lr"] == pytest.approx(0.05 * 8 / 256 * 0.5 * (1 + math.cos(math.pi * 99 / 100)))
     assert os.path.getsize(pre / "spectra.png") > 1000
-    ckpt = str(pre / "checkpoint_0001.pth.tar")
+    ckpt = str(pre / "checkpoint_0099.pth.tar")
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    assert (state["epoch"], state["arch"]) == (100, "resnet_tiny") and "optimizer" in state
+    assert all(k.startswith(("module.encoder.", "module.predictor.")) for k in state["state_dict"])
     cmd = [c.format(ckpt=ckpt) for c in LINCLS_CMD]
-    load_script("main_lincls").main(cmd + SHORT_IMAGENET + ["--epochs", "1", "-b", "8",
-                                                            "--output-dir", str(lin)])
+    assert "[your checkpoint path]/checkpoint_0099.pth.tar".replace("[your checkpoint path]", str(pre)) in cmd
+    load_script("main_lincls").main(cmd + SHORT_IMAGENET + ["--epochs", "1", "-b", "8", "--output-dir", str(lin)])
+    assert "=> loaded pre-trained model" in capsys.readouterr().out
     assert os.path.isfile(lin / "checkpoint.pth.tar")
 
 
@@ -127,6 +140,10 @@ def test_cifar_baseline_scripts_in_process(tmp_path, method, pred_hidden):
     run_dir = tmp_path / method / f"{method}-cifar10"
     check_run(run_dir)
     assert read_log(run_dir)[-1]["erank_online"] > 0
+    # solo lr scaling (script lr x batch 8 x 1 device / 256) and the per-step linear warm-up of
+    # warmup_cosine from 3e-5 over 10 epochs x 2 steps: the backbone lr after step 1 of the run
+    base = {"simsiam": 0.5, "byol": 1.0}[method] * 8 / 256
+    assert read_log(run_dir)[-1]["lr"] == pytest.approx(3e-5 + 1 * (base - 3e-5) / (10 * 2 - 1))
     if method == "byol":  # --auto_resume (printed by the script): a longer run continues from the checkpoint
         load_script("main_pretrain").main(argv[1:] + ["--max_epochs", "2"])
         log = read_log(run_dir)
