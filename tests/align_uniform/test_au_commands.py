@@ -145,3 +145,15 @@ def test_seed_moco_literal_resnet50(paper_dir, tmp_path):
                          "synthetic", "--image-size", "32", "--num-samples", "128", "--epochs", "1", "-j", "0",
                          "--dist-url", f"tcp://127.0.0.1:{free_port()}", "--results-dir", str(tmp_path)])
     assert p.returncode == 0, p.stderr[-3000:]
+
+
+def test_lincls_keeps_only_encoder_q_without_mlp_head():
+    """main_lincls keeps ``module.encoder_q.*`` minus ``fc*`` (projection and the --mlp head fc.0 / fc.2)."""
+    main_lincls = load_script("main_lincls")
+    t = torch.zeros(1)
+    sd = {k: t for k in ["module.encoder_q.conv1.weight", "module.encoder_q.bn1.running_mean",
+                         "module.encoder_q.layer1.0.conv1.weight", "module.encoder_q.fc.0.weight",
+                         "module.encoder_q.fc.0.bias", "module.encoder_q.fc.2.weight", "module.encoder_q.fc.2.bias",
+                         "module.encoder_k.conv1.weight", "module.encoder_k.fc.0.weight", "module.queue",
+                         "module.queue_ptr", "module.scalar_label"]}
+    assert sorted(main_lincls.encoder_q_state(sd)) == ["bn1.running_mean", "conv1.weight", "layer1.0.conv1.weight"]
