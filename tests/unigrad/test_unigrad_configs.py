@@ -88,6 +88,11 @@ def test_overrides_and_form_switch():
         load_config(path, ["loss=loss_simclr_grad_mm", "moco_t=null"])
     with pytest.raises(UserError, match="does not exist"):
         load_config(os.path.join(CONFIG_DIR, "nope.py"))
+    with pytest.raises(UserError, match="'warmup_epochs' must be a number"):
+        load_config(path, ["warmup_epochs=abc"])
+    with pytest.raises(UserError, match="'warmup_epochs' must be a number"):
+        load_config(path, ["warmup_epochs=-1"])
+    assert load_config(path, ["epochs=2"]).warmup_epochs == 5  # longer than the run: allowed, as the original
     with pytest.raises(UserError, match="must lie in"):
         load_config(path, ["rho=1.5"])
     with pytest.raises(UserError, match="must be positive"):

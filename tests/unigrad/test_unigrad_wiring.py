@@ -56,6 +56,14 @@ def test_pretrain_optimizer_and_schedules(monkeypatch, tmp_path):
     seen["before_step"](T - 1, T)
     assert g["lr"] > 2 * lo
 
+    # warm-up longer than the run (the README smoke command: 5 warm-up epochs, 2 epochs): linear all along
+    pretrain.main(["configs/unigrad.py"] + TINY + ["num_samples=32", "whole_batch_size=8", "epochs=2",
+                                                    f"work_dir={tmp_path}"])
+    g = seen["optimizer"].param_groups[0]
+    for step in (0, 1, 7):
+        seen["before_step"](step, 8)
+        assert math.isclose(g["lr"], (init - lo) * step / 20 + lo, rel_tol=1e-12), step
+
 
 def test_lineval_optimizer_and_schedule(monkeypatch):
     monkeypatch.chdir(FOLDER)
