@@ -210,6 +210,12 @@ def parse_args(argv=None):
     p.add_argument("--cfg-options", nargs="*", default=[], help="override config entries: key.sub=value")
     dist.add_launch_args(p, gpus=True)
     ns = p.parse_args(argv)
+    for flag in ("epochs", "max_iters_per_epoch", "samples_per_gpu"):
+        value = getattr(ns, flag)
+        if value is not None and value < 1:
+            raise UserError(f"--{flag.replace('_', '-')} must be a positive integer, got {value}")
+    if ns.threads < 0:
+        raise UserError(f"--threads must be >= 0, got {ns.threads}")
     cfg = apply_overrides(load_config(ns.config), ns.cfg_options)
     for key in ("model", "data", "optimizer", "lr_config", "runner"):
         if key not in cfg:

@@ -252,3 +252,14 @@ def test_train_step_on_cpu(tmp_path):
     opt.step()
     assert torch.equal(m.backbone.body.conv1.weight, stem)  # frozen stem
     assert m.backbone.body.layer1[0].conv1.weight.grad is not None
+
+
+@pytest.mark.parametrize("bad", [["--epochs", "0"], ["--epochs", "-1"], ["--max-iters-per-epoch", "0"],
+                                 ["--samples-per-gpu", "0"], ["--threads", "-2"]])
+def test_train_det_rejects_non_positive_sizes(bad):
+    from tools.train_det import parse_args
+
+    with pytest.raises(UserError, match="must be"):
+        parse_args([os.path.join(CFG, "synthetic_tiny.py")] + bad)
+    a, _ = parse_args([os.path.join(CFG, "synthetic_tiny.py"), "--epochs", "1", "--samples-per-gpu", "2"])
+    assert (a.epochs, a.samples_per_gpu) == (1, 2)
