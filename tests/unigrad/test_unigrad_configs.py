@@ -93,6 +93,10 @@ def test_overrides_and_form_switch():
     with pytest.raises(UserError, match="'warmup_epochs' must be a number"):
         load_config(path, ["warmup_epochs=-1"])
     assert load_config(path, ["epochs=2"]).warmup_epochs == 5  # longer than the run: allowed, as the original
+    for bad in ("knn_freq=abc", "diag_freq=-1", "projector_hidden_dim=abc", "queue_size=0", "num_samples=2.5",
+                "cutmix=maybe", "knn_eval=2", "cutmix_alpha=abc"):
+        with pytest.raises(UserError, match=bad.split("=")[0]):
+            load_config(path, [bad])
     with pytest.raises(UserError, match="must lie in"):
         load_config(path, ["rho=1.5"])
     with pytest.raises(UserError, match="must be positive"):

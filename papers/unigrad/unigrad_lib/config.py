@@ -185,6 +185,21 @@ def check(cfg: Config) -> Config:
     if cfg.max_steps_per_epoch is not None and (not isinstance(cfg.max_steps_per_epoch, int)
                                                 or cfg.max_steps_per_epoch < 1):
         raise UserError(f"'max_steps_per_epoch' must be a positive integer, got {cfg.max_steps_per_epoch!r}")
+    # the remaining integer / flag keys (None = their default where the key allows it)
+    for k, lo, optional in (("projector_hidden_dim", 1, False), ("projector_output_dim", 1, False),
+                            ("queue_size", 1, False), ("projector_input_dim", 1, True),
+                            ("predictor_hidden_dim", 1, True), ("num_samples", 1, True), ("diag_freq", 0, True),
+                            ("knn_freq", 0, True)):
+        v = cfg.get(k)
+        if optional and v is None:
+            continue
+        if not isinstance(v, int) or isinstance(v, bool) or v < lo:
+            raise UserError(f"'{k}' must be an integer >= {lo}{' or null' if optional else ''}, got {v!r}")
+    for k in ("cutmix", "amp", "knn_eval", "zero_init_residual"):
+        if not isinstance(cfg.get(k), bool):
+            raise UserError(f"'{k}' must be true or false, got {cfg.get(k)!r}")
+    if not isinstance(cfg.cutmix_alpha, (int, float)) or isinstance(cfg.cutmix_alpha, bool) or cfg.cutmix_alpha < 0:
+        raise UserError(f"'cutmix_alpha' must be a number >= 0, got {cfg.cutmix_alpha!r}")
     w = cfg.warmup_epochs
     if not isinstance(w, (int, float)) or isinstance(w, bool) or w < 0:
         # no upper bound: as the original, warmup_epochs >= epochs warms up linearly for the whole run
