@@ -82,6 +82,16 @@ def test_scripts_path_alias_and_env_overrides():
     args = pretrain_parser().parse_args(a)
     assert args.data_dir == "synthetic" and args.max_epochs == 1 and args.batch_size == 8
     assert args.name == "rdmsimsiam-cifar10-400ep-poly_-1"
+    # the seed README's scripts/... paths give the same commands as bash_files/... (every script)
+    for script, pos in [("pretrain/cifar/rdmsimsiam.sh", ("cifar10", "400", "poly", "target", "-1")),
+                        ("pretrain/cifar/rdmbyol.sh", ("cifar10", "400", "poly", "target", "-1")),
+                        ("pretrain/imagenet-100/rdmsimsiam.sh", ("400", "poly", "target", "-1")),
+                        ("pretrain/imagenet-100/rdmbyol.sh", ("400", "poly", "online", "1")),
+                        ("linear/imagenet-100/rdmsimsiam_linear.sh", ()),
+                        ("linear/imagenet-100/rdmbyol_linear.sh", ())]:
+        via_alias, via_dir = script_argv(f"scripts/{script}", *pos), script_argv(f"bash_files/{script}", *pos)
+        assert os.path.isfile(via_alias[0]) and os.path.samefile(via_alias[0], via_dir[0])
+        assert via_alias[1] == via_dir[1]
 
 
 @pytest.mark.parametrize("name,lr,workers", [("rdmsimsiam", 30.0, 10), ("rdmbyol", 0.3, 4)])

@@ -117,7 +117,7 @@ def test_cifar_scripts(tmp_path, method):
                                         ("rdmbyol", (400, "poly", "online", 1))])
 def test_imagenet100_scripts_two_processes_then_linear(tmp_path, method, pos):
     """As printed: --devices 0,1 --strategy ddp --sync_batchnorm -> two gloo processes on CPU."""
-    r = run_sh(f"scripts/pretrain/imagenet-100/{method}.sh", *pos, extra=short(tmp_path))
+    r = run_sh(f"bash_files/pretrain/imagenet-100/{method}.sh", *pos, extra=short(tmp_path))
     ckpt = check_run(tmp_path / method / f"{method}-imagenet100-{pos[0]}ep-{pos[1]}_{pos[3]}")
     assert "ddp" not in r.stderr.lower() or r.returncode == 0
     lin = run_sh(f"bash_files/linear/imagenet-100/{method}_linear.sh", env={"PRETRAINED": ckpt},
@@ -128,10 +128,15 @@ def test_imagenet100_scripts_two_processes_then_linear(tmp_path, method, pos):
 
 
 @pytest.mark.parametrize("method,pred_hidden", [("simsiam", 512), ("byol", 4096)])
-def test_cifar_baseline_scripts_in_process(tmp_path, method, pred_hidden):
+def test_cifar_baseline_scripts_in_process(tmp_path, monkeypatch, method, pred_hidden):
     """The learned-predictor baselines: the script's command (printed with PYTHON=echo) runs in-process."""
     import shlex
 
+    from rdm_lib.models import SoloBYOL
+
+    taus = []
+    ema = SoloBYOL.ema_update
+    monkeypatch.setattr(SoloBYOL, "ema_update", lambda self, tau: (taus.append(tau), ema(self, tau))[1])
     r = run_sh(f"bash_files/pretrain/cifar/{method}.sh", "cifar10", env={"PYTHON": "echo"},
                extra=short(tmp_path, "--pred_hidden_dim 16"))
     argv = shlex.split(r.stdout)
@@ -145,9 +150,16 @@ def test_cifar_baseline_scripts_in_process(tmp_path, method, pred_hidden):
     base = {"simsiam": 0.5, "byol": 1.0}[method] * 8 / 256
     assert read_log(run_dir)[-1]["lr"] == pytest.approx(3e-5 + 1 * (base - 3e-5) / (10 * 2 - 1))
     if method == "byol":  # --auto_resume (printed by the script): a longer run continues from the checkpoint
+        # EMA after each of the K = 2 steps: tau_k = 1 - (1 - 0.99)(cos(pi k / K) + 1) / 2 -> 0.99, 0.995
+        assert taus == pytest.approx([0.99, 0.995])
+        taus.clear()
         load_script("main_pretrain").main(argv[1:] + ["--max_epochs", "2"])
         log = read_log(run_dir)
         assert [h["epoch"] for h in log] == [0, 1]
+        # resumed at step 2 of K = 4: 1 - 0.01 (cos(pi/2) + 1) / 2, 1 - 0.01 (cos(3 pi/4) + 1) / 2
+        assert taus == pytest.approx([0.995, 1 - 0.01 * (1 - 2 ** -0.5) / 2])
+    else:
+        assert taus == []
 
 
 def test_main_simsiam_missing_data_is_one_line(tmp_path, capsys):
