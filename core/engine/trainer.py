@@ -322,6 +322,8 @@ def _save(inner, optimizer, scaler, cfg, ctx, epoch, history, step_losses, extra
         "engine": {"epoch": epoch + 1, "rng": rngs, "history": hist,
                    "scaler": scaler.state_dict() if scaler is not None else None},
     }
+    if scaler is not None:
+        state["scaler"] = scaler.state_dict()  # top-level too, as DINO/TWIST checkpoints have it
     if extra_state:
         state.update(extra_state(epoch))
     for name in cfg.ckpt_names:

@@ -47,17 +47,18 @@ class LARS(Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            lr, wd, m = group["lr"], group["weight_decay"], group["momentum"]
-            eta, eps = group["eta"], group["eps"]
+            # groups restored from optimizers saved by other code may lack our keys: use the defaults
+            opt = {k: group.get(k, v) for k, v in self.defaults.items()}
+            lr, wd, m, eta, eps = opt["lr"], opt["weight_decay"], opt["momentum"], opt["eta"], opt["eps"]
             for p in group["params"]:
                 if p.grad is None:
                     continue
                 g = p.grad
-                excluded = group["lars_exclude"] or (group["exclude_1d"] and p.ndim == 1)
+                excluded = opt["lars_exclude"] or (opt["exclude_1d"] and p.ndim == 1)
                 if self.mode == "openself":
                     d = self._openself_update(p, g, lr, wd, eta, excluded)
                 else:
-                    d = self._scaled_grad(p, g, lr, wd, eta, eps, group["clip"], excluded)
+                    d = self._scaled_grad(p, g, lr, wd, eta, eps, opt["clip"], excluded)
                 state = self.state[p]
                 buf = state.get("momentum_buffer")
                 if buf is None:

@@ -173,6 +173,11 @@ def main_worker(ctx: dist.DistContext, args) -> None:
 
     def end_epoch(epoch: int):
         stats = {}
+        last = getattr(method, "last_views", None)
+        if last is not None:  # core diagnostics on the last global batch's logits (both global views)
+            from core.eval import collapse_metrics
+
+            stats.update(collapse_metrics(*(dist.concat_all_gather(v).float() for v in last)))
         preds, labels = method.pop_predictions()
         if preds is not None and (args.enable_watch or (epoch + 1) % 10 == 0):
             # training-set monitor of the original: argmax of view 0 vs labels, no Hungarian ACC (-1)

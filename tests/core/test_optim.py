@@ -158,3 +158,15 @@ def test_twist_lr_phases():
     # short runs force 5 / 3 warm-up epochs
     assert twist_lr(15, niter_per_ep=10, epochs=20, mme_epochs=20, lr=1.0, lr_sl=1.0) == pytest.approx(0.5)
     assert twist_lr(25, niter_per_ep=10, epochs=50, mme_epochs=50, lr=1.0, lr_sl=1.0) == pytest.approx(0.5)
+
+
+def test_lars_group_without_our_keys_uses_defaults():
+    # a param group restored from another LARS implementation (no eps / clip / exclude keys)
+    w, g = [3.0, 4.0], [0.6, 0.8]
+    p = _one_param(w, g)
+    opt = LARS([p], lr=0.1, momentum=0.9, weight_decay=0.0, eta=0.001, mode="larc")
+    for k in ("eps", "clip", "exclude_1d", "lars_exclude"):
+        del opt.param_groups[0][k]
+    opt.step()
+    ratio = 0.001 * 5.0 / (1.0 + 1e-8)
+    assert p.detach().tolist() == pytest.approx([wi - 0.1 * gi * ratio for wi, gi in zip(w, g)], rel=1e-12)

@@ -59,6 +59,10 @@ def test_barlow_single_node_launch_two_processes(tmp_path):
     lines = open(os.path.join(out, "log.txt")).read().strip().splitlines()
     assert len(lines) == 3 and '"dim": 16' in lines[0]  # args line, then one line per epoch
     assert "train_threshold" in lines[2] and "train_kl" in lines[1]
+    import json
+
+    epoch1 = json.loads(lines[1])  # core collapse diagnostics of the global views, over both ranks
+    assert {"eff_rank", "l2_std", "align", "uniform", "pos_sim"} <= set(epoch1) and epoch1["eff_rank"] >= 1.0
 
 
 def test_design_usage_line_starts_and_shows_progress(tmp_path):

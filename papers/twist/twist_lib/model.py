@@ -95,6 +95,8 @@ class TwistMethod:
         n = len(crops)
         feats = _full(net.logits(crops))
         views = list(feats.chunk(n))
+        if n > 1:  # the two global views' logits of the last step, for the epoch's collapse diagnostics
+            self.last_views = (views[0].detach(), views[1].detach())
         logs: Dict[str, torch.Tensor] = dict(net.projection_heads.stats) if hasattr(
             net.projection_heads, "stats") else {}
 
