@@ -107,6 +107,12 @@ def build_classifier(arch: str, num_classes: int) -> nn.Module:
 
 def load_pretrained(model: nn.Module, path: str) -> None:
     state = encoder_state_from_checkpoint(load_checkpoint(path))
+    own = model.state_dict()
+    wrong = [k for k, v in state.items() if k in own and tuple(own[k].shape) != tuple(v.shape)]
+    if wrong:
+        k = wrong[0]
+        raise UserError(f"'{path}' does not match {type(model).__name__} (--arch?): {len(wrong)} tensors differ in "
+                        f"shape, e.g. {k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}")
     missing, unexpected = model.load_state_dict(state, strict=False)
     if set(missing) != {"fc.weight", "fc.bias"} or unexpected:
         raise UserError(f"'{path}' does not match {type(model).__name__}: missing "

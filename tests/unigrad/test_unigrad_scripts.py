@@ -104,6 +104,11 @@ def test_lineval_loads_original_layout(tmp_path):
     torch.save({"model": {"module.encoder.9.weight": torch.zeros(1)}}, tmp_path / "bad.pth.tar")
     with pytest.raises(UserError):
         lineval.load_pretrained(clf, str(tmp_path / "bad.pth.tar"))
+    # same names, other shapes (another --arch): a one-line error, not a load_state_dict traceback
+    state["module.encoder.0.weight"] = torch.zeros(1, 1, 1, 1)
+    torch.save({"model": state}, tmp_path / "shape.pth.tar")
+    with pytest.raises(UserError, match="differ in shape"):
+        lineval.load_pretrained(clf, str(tmp_path / "shape.pth.tar"))
 
 
 def test_lineval_flags_and_defaults():
