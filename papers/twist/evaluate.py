@@ -24,7 +24,7 @@ from core.data.synthetic import is_synthetic
 from core.engine import load_checkpoint
 from core.errors import UserError, cli_main
 from core.eval import load_backbone_weights
-from twist_lib.lineval import Classifier, run
+from core.eval.finetune import Classifier, train_classifier
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -117,7 +117,7 @@ def main_worker(ctx: dist.DistContext, args) -> None:
         groups.append(dict(params=list(model.backbone.parameters()), lr=args.lr_backbone, name="backbone"))
     optimizer = torch.optim.SGD(groups, lr=args.lr_classifier, momentum=0.9, weight_decay=args.weight_decay)
     wrapped = dist.wrap_ddp(model, ctx)
-    run(model, wrapped, optimizer, train_loader, val_loader, epochs=args.epochs, out_dir=args.checkpoint_dir,
+    train_classifier(model, wrapped, optimizer, train_loader, val_loader, epochs=args.epochs, out_dir=args.checkpoint_dir,
         ctx=ctx, val_every=args.val_epoch, max_steps=args.max_steps_per_epoch or None,
         print_freq=args.print_freq, reference=reference if freeze else None,
         desc="linear" if freeze else "finetune")

@@ -19,7 +19,7 @@ from core.backbones import build_backbone
 from core.data import build_dataset, build_loader, seed_everything
 from core.errors import UserError, cli_main
 from core.eval import load_backbone_weights
-from twist_lib.lineval import Classifier, run
+from core.eval.finetune import Classifier, train_classifier
 
 
 def bool_flag(s: str) -> bool:
@@ -116,7 +116,7 @@ def main_worker(ctx: dist.DistContext, args) -> None:
     optimizer = torch.optim.SGD(model.fc.parameters(), lr=lr, momentum=0.9, weight_decay=0)
     wrapped = dist.wrap_ddp(model, ctx)
     out_dir = os.path.join(args.output_dir, "linear_vit")
-    best = run(model, wrapped, optimizer, train_loader, val_loader, epochs=args.epochs, out_dir=out_dir,
+    best = train_classifier(model, wrapped, optimizer, train_loader, val_loader, epochs=args.epochs, out_dir=out_dir,
                ctx=ctx, val_every=args.val_freq, max_steps=args.max_steps_per_epoch or None, print_freq=20,
                reference=reference, desc="vit-linear", ckpt_name="checkpoint.pth.tar")
     print(f"Training of the supervised linear classifier on frozen features completed.\n"

@@ -1,7 +1,10 @@
-"""Shared pieces of ``evaluate.py`` (ResNet linear probe / semi-supervised fine-tuning, spec 7.1-7.2) and
-``evaluate_vitlinear.py`` (ViT linear probe, spec 7.3): a classifier whose ``forward(batch)`` returns the
-cross-entropy for :func:`core.engine.train`, the per-epoch cosine lr, validation every ``val_every`` epochs
-with the best top-1, and the frozen-backbone sanity check."""
+"""Supervised training of a classifier on a (frozen or fine-tuned) backbone through :func:`core.engine.train`:
+the linear probe and the semi-supervised 1 % / 10 % fine-tuning of TWIST ``evaluate.py`` (Barlow Twins style)
+and the ViT linear probe of ``evaluate_vitlinear.py`` (DINO style). Per-epoch cosine lr, validation every
+``val_every`` epochs with the best top-1/top-5, the frozen-backbone sanity check, auto-resume. The MoCo/SimSiam
+``main_lincls`` protocol (whole model in eval mode) is :func:`core.eval.linear.run_linear_eval`; subsets come
+from :func:`core.data.subset_by_file_list`.
+"""
 from __future__ import annotations
 
 import json
@@ -59,7 +62,7 @@ def validates(epoch: int, every: int, epochs: int) -> bool:
     return epoch % every == 0 or epoch == epochs - 1
 
 
-def run(model: Classifier, wrapped: nn.Module, optimizer, train_loader, val_loader, *, epochs: int, out_dir: str,
+def train_classifier(model: Classifier, wrapped: nn.Module, optimizer, train_loader, val_loader, *, epochs: int, out_dir: str,
         ctx, val_every: int = 1, max_steps: Optional[int] = None, print_freq: int = 100,
         reference: Optional[Dict[str, torch.Tensor]] = None, desc: str = "linear",
         ckpt_name: str = "checkpoint.pth") -> Dict[str, float]:
