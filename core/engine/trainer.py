@@ -108,10 +108,15 @@ def strip_prefix(state: Dict[str, Any], prefix: str) -> Dict[str, Any]:
 
 def load_model_state(model: nn.Module, state: Dict[str, Any], what: str = "checkpoint") -> None:
     """``load_state_dict(strict=True)`` with a readable UserError on mismatching keys."""
-    missing, unexpected = _key_mismatch(model.state_dict(), state)
+    own = model.state_dict()
+    missing, unexpected = _key_mismatch(own, state)
     if missing or unexpected:
         raise UserError(f"{what} does not match the model: {len(missing)} missing keys "
                         f"{missing[:4]}, {len(unexpected)} unexpected keys {unexpected[:4]}")
+    bad = [k for k, v in state.items() if torch.is_tensor(v) and v.shape != own[k].shape]
+    if bad:
+        raise UserError(f"{what} does not match the model: {len(bad)} tensors differ in shape, e.g. {bad[0]} "
+                        f"{tuple(state[bad[0]].shape)} vs {tuple(own[bad[0]].shape)} (another architecture?)")
     model.load_state_dict(state)
 
 

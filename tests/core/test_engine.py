@@ -129,3 +129,10 @@ def test_resume_with_wrong_model_is_readable(tmp_path):
                        progress=False, tensorboard=False)
     with pytest.raises(UserError, match="does not match the model: 2 missing keys"):
         train(model, torch.optim.SGD(model.parameters(), lr=0.1), build_loader(NoisyData(), 8), cfg)
+
+
+def test_resume_with_other_shapes_is_readable(tmp_path):
+    from core.engine import load_model_state
+
+    with pytest.raises(UserError, match=r"differ in shape, e.g. weight \(3, 2\) vs \(2, 2\)"):
+        load_model_state(nn.Linear(2, 2), {"weight": torch.zeros(3, 2), "bias": torch.zeros(2)})
