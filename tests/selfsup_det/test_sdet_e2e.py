@@ -135,3 +135,20 @@ def test_seed_configs_train_from_seed_conversion(tmp_path):
         assert "=> loaded 318 backbone tensors from './" in r.stdout and f"({layout} layout)" in r.stdout
         log = json.loads(open(tmp_path / name / "log.txt").read().splitlines()[-1])
         assert math.isfinite(log["train_loss"]) and 0.0 <= log["segm_mAP"] <= 1.0
+
+
+@pytest.mark.slow
+def test_two_process_syncbn_finetune(tmp_path):
+    """--multiprocessing-distributed with 2 CPU processes (gloo): the backbone BNs synchronise (SyncBN config),
+    training and the sharded COCO evaluation finish with finite losses."""
+    src, work = tmp_path / "moco.pth.tar", tmp_path / "work"
+    q = _fake_moco_tiny(src)
+    r = _run(["tools/train_det.py", TINY, "--pretrained", str(src), "--work-dir", str(work), "--threads", "1",
+              "--epochs", "1", "--max-iters-per-epoch", "2", "--multiprocessing-distributed", "--gpus", "0", "1"]
+             + SMALL)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "2 process(es) x 2 images" in r.stdout
+    log = json.loads(open(work / "log.txt").read().splitlines()[-1])
+    assert math.isfinite(log["train_loss"]) and 0.0 <= log["bbox_mAP"] <= 1.0
+    ck = torch.load(work / "latest.pth", weights_only=False)
+    assert torch.equal(ck["model"]["backbone.body.conv1.weight"], q["conv1.weight"])  # stem frozen
