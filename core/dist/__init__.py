@@ -17,6 +17,7 @@ exactly the single-process gradient on the global batch.
 """
 from __future__ import annotations
 
+import argparse
 import builtins
 import datetime
 import os
@@ -213,15 +214,6 @@ def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
     return y / get_world_size()
 
 
-def all_reduce_sum_grad(x: torch.Tensor) -> torch.Tensor:
-    """Sum over ranks with an autograd-aware all-reduce (backward sums gradients too)."""
-    if not is_dist() or get_world_size() == 1:
-        return x
-    from torch.distributed.nn.functional import all_reduce
-
-    return all_reduce(x)
-
-
 @torch.no_grad()
 def batch_shuffle(x: torch.Tensor, generator: Optional[torch.Generator] = None):
     """Shuffle-BN, step 1: gather the batch from every rank, permute it globally, return this rank's slice
@@ -291,17 +283,11 @@ def add_launch_args(parser, *, gpus: bool = False) -> None:
     parser.add_argument("--dist-backend", default="nccl", type=str, help="distributed backend")
     parser.add_argument("--multiprocessing-distributed", action="store_true",
                         help="spawn one process per GPU (per CPU process without CUDA)")
-    parser.add_argument("--local_rank", "--local-rank", default=None, type=int, help=argparse_suppress())
+    parser.add_argument("--local_rank", "--local-rank", default=None, type=int, help=argparse.SUPPRESS)
     if gpus:
         parser.add_argument("--gpus", nargs="*", type=int, default=None, help="GPU ids to use")
     else:
         parser.add_argument("--gpu", default=None, type=int, help="GPU id to use.")
-
-
-def argparse_suppress():
-    import argparse
-
-    return argparse.SUPPRESS
 
 
 def launch_from_args(fn: Callable, args) -> None:
