@@ -7,7 +7,7 @@ so tests can check them.
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple
+from typing import Optional, Tuple
 
 import torch
 from torchvision.transforms import v2 as T

@@ -3,7 +3,7 @@ built-in synthetic set. Every builder fails with a one-line :class:`~core.errors
 from __future__ import annotations
 
 import os
-from typing import Callable, Iterable, List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence
 
 from PIL import Image, UnidentifiedImageError
 import torchvision.datasets as tvd

@@ -10,10 +10,9 @@ It synchronises with the host only every ``print_freq`` steps.
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch
@@ -124,8 +123,15 @@ def _key_mismatch(expected: Dict, got: Dict):
     return sorted(set(expected) - set(got)), sorted(set(got) - set(expected))
 
 
+def _scalars(logs: Dict[str, Any], device: torch.device) -> Dict[str, torch.Tensor]:
+    """Logged values as detached 0-d float tensors on ``device`` (python numbers and CPU tensors are copied
+    there, so sums over a window never mix devices and never synchronise)."""
+    return {k: (v.detach() if torch.is_tensor(v) else torch.tensor(float(v))).float().reshape(()).to(device)
+            for k, v in logs.items()}
+
+
 class _Meter:
-    """Running sums of detached device tensors; read back only on :meth:`means`."""
+    """Running sums of the 0-d device tensors of :func:`_scalars`; read back only on :meth:`means`."""
 
     def __init__(self):
         self.sums: Dict[str, torch.Tensor] = {}
@@ -133,7 +139,6 @@ class _Meter:
 
     def add(self, logs: Dict[str, torch.Tensor]) -> None:
         for k, v in logs.items():
-            v = v.detach().float() if torch.is_tensor(v) else torch.tensor(float(v))
             self.sums[k] = self.sums[k] + v if k in self.sums else v.clone()
         self.count += 1
 
@@ -141,7 +146,7 @@ class _Meter:
         if not self.count:
             return {}
         keys = list(self.sums)
-        vals = torch.stack([self.sums[k].reshape(()) for k in keys]).cpu() / self.count
+        vals = torch.stack([self.sums[k] for k in keys]).cpu() / self.count
         return {k: float(v) for k, v in zip(keys, vals)}
 
 
@@ -190,8 +195,8 @@ def train(model: nn.Module, optimizer: torch.optim.Optimizer, loader, cfg: Engin
         eng = ckpt.get("engine", {})
         start_epoch = eng.get("epoch", ckpt.get("epoch", 0))
         history = [dict(h) for h in eng.get("history", [])]
-        if scaler is not None and eng.get("scaler"):
-            scaler.load_state_dict(eng["scaler"])
+        if scaler is not None and ckpt.get("scaler"):
+            scaler.load_state_dict(ckpt["scaler"])
         rngs = eng.get("rng")
         if rngs and len(rngs) == ctx.world_size:
             set_rng_state(rngs[ctx.rank])
@@ -232,14 +237,11 @@ def train(model: nn.Module, optimizer: torch.optim.Optimizer, loader, cfg: Engin
             batch = to_device(batch, device, use_cl)
             with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
                 loss, logs = model(batch)
-            logs = dict(logs)
-            logs.setdefault("loss", loss.detach())
-            notfinite = ~torch.isfinite(loss.detach())
-            first = notfinite & (bad_step < 0)
+            logs = _scalars({"loss": loss, **logs}, device)
+            first = ~torch.isfinite(logs["loss"]) & (bad_step < 0)
             bad_step = torch.where(first, torch.full_like(bad_step, step), bad_step)
             for k, v in logs.items():
-                v = v.detach().float().reshape(()) if torch.is_tensor(v) else torch.tensor(float(v))
-                bad_logs[k] = torch.where(first, v.to(device), bad_logs.get(k, v.to(device)))
+                bad_logs[k] = torch.where(first, v, bad_logs.get(k, v))
             optimizer.zero_grad(set_to_none=True)
             if scaler is not None:
                 scaler.scale(loss).backward()
@@ -285,7 +287,7 @@ def train(model: nn.Module, optimizer: torch.optim.Optimizer, loader, cfg: Engin
             stats.update(end_epoch(epoch) or {})
         history.append(stats)
         if ctx.is_main:
-            print(json.dumps({k: v for k, v in stats.items()}), flush=True)
+            print(json.dumps(stats), flush=True)
             with open(os.path.join(cfg.output_dir, "log.txt"), "a") as f:
                 f.write(json.dumps(stats) + "\n")
             if writer is not None:
@@ -324,11 +326,10 @@ def _save(inner, optimizer, scaler, cfg, ctx, epoch, history, step_losses, extra
         cfg.model_key: state_dict,
         "optimizer": optimizer.state_dict(),
         "epoch": epoch + 1,
-        "engine": {"epoch": epoch + 1, "rng": rngs, "history": hist,
-                   "scaler": scaler.state_dict() if scaler is not None else None},
+        "engine": {"epoch": epoch + 1, "rng": rngs, "history": hist},
     }
     if scaler is not None:
-        state["scaler"] = scaler.state_dict()  # top-level too, as DINO/TWIST checkpoints have it
+        state["scaler"] = scaler.state_dict()  # the DINO/TWIST key
     if extra_state:
         state.update(extra_state(epoch))
     for name in cfg.ckpt_names:

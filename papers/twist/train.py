@@ -64,7 +64,7 @@ def adapt_checkpoint(ck, optimizer, what: str) -> bool:
             for k, v in cur.items():
                 if k != "params":
                     g.setdefault(k, v)
-        ck["engine"] = {"epoch": int(ck["epoch"]) + 1, "scaler": ck.get("scaler")}
+        ck["engine"] = {"epoch": int(ck["epoch"]) + 1}
         changed = True
     return changed
 

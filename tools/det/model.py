@@ -16,7 +16,6 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Any, Dict, Tuple
 
-import torch
 import torch.nn as nn
 import torchvision
 from torchvision.models.detection import MaskRCNN
