@@ -113,9 +113,10 @@ def env_launched() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
-def _worker(local_rank: int, fn: Callable, args, node_rank: int, nprocs: int, world_size: int,
-            dist_url: str, backend: Optional[str], gpus) -> None:
-    rank = node_rank * nprocs + local_rank
+def _run(fn: Callable, args, rank: int, local_rank: int, world_size: int, dist_url: str,
+         backend: Optional[str], gpus) -> None:
+    """One process: pick its device, join the group (when there is more than one process), silence
+    non-main prints, call ``fn`` and leave the group again."""
     device = _pick_device(local_rank, gpus)
     if world_size > 1:
         init_process_group(rank, world_size, dist_url, backend, device)
@@ -127,6 +128,12 @@ def _worker(local_rank: int, fn: Callable, args, node_rank: int, nprocs: int, wo
             dist.destroy_process_group()
 
 
+def _worker(local_rank: int, fn: Callable, args, node_rank: int, nprocs: int, world_size: int,
+            dist_url: str, backend: Optional[str], gpus) -> None:
+    """Entry of a spawned process: its global rank is ``node_rank * nprocs + local_rank``."""
+    _run(fn, args, node_rank * nprocs + local_rank, local_rank, world_size, dist_url, backend, gpus)
+
+
 def launch(fn: Callable[[DistContext, object], None], args, *, multiprocessing_distributed: bool = False,
            world_size: int = 1, rank: int = 0, dist_url: str = "env://", dist_backend: Optional[str] = None,
            gpus: Optional[Sequence[int]] = None) -> None:
@@ -136,42 +143,23 @@ def launch(fn: Callable[[DistContext, object], None], args, *, multiprocessing_d
     the MoCo/SimSiam scripts), and the process count and rank otherwise.
     """
     if env_launched():
-        world = int(os.environ["WORLD_SIZE"])
         grank = int(os.environ["RANK"])
-        local = int(os.environ.get("LOCAL_RANK", grank))
-        device = _pick_device(local, gpus)
-        if world > 1:
-            init_process_group(grank, world, "env://", dist_backend, device)
-        setup_for_distributed(grank == 0)
-        try:
-            fn(DistContext(grank, local, world, device), args)
-        finally:
-            if is_dist():
-                dist.destroy_process_group()
-        return
-    if multiprocessing_distributed:
+        _run(fn, args, grank, int(os.environ.get("LOCAL_RANK", grank)), int(os.environ["WORLD_SIZE"]),
+             "env://", dist_backend, gpus)
+    elif multiprocessing_distributed:
         nprocs = procs_per_node(gpus)
         total = nprocs * max(1, world_size)
         if dist_url == "env://":
             os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
             os.environ.setdefault("MASTER_PORT", str(free_port()))
-        if nprocs == 1 and total == 1:
+        if total == 1:
             _worker(0, fn, args, rank, 1, 1, dist_url, dist_backend, gpus)
         else:
             torch.multiprocessing.spawn(_worker, nprocs=nprocs,
                                         args=(fn, args, rank, nprocs, total, dist_url, dist_backend, gpus))
-        return
-    if world_size > 1:
-        # explicit --world-size/--rank without spawning (one process per invocation)
-        device = _pick_device(0, gpus)
-        init_process_group(rank, world_size, dist_url, dist_backend, device)
-        setup_for_distributed(rank == 0)
-        try:
-            fn(DistContext(rank, 0, world_size, device), args)
-        finally:
-            dist.destroy_process_group()
-        return
-    _worker(0, fn, args, 0, 1, 1, dist_url, dist_backend, gpus)
+    else:
+        # a single plain process, or explicit --world-size/--rank with one process per invocation
+        _run(fn, args, rank if world_size > 1 else 0, 0, max(1, world_size), dist_url, dist_backend, gpus)
 
 
 def free_port() -> int:
