@@ -1,5 +1,9 @@
 """2-process gloo: the RDM losses over the all-gathered batch give the same loss on every rank as one process
-on the global batch, and the DDP-averaged parameter gradients equal the single-process gradients."""
+on the global batch, and the DDP-averaged parameter gradients equal the single-process gradients.
+
+The features are full rank and well conditioned (input width K above every output width, checked by
+:func:`test_test_data_is_full_rank_and_well_conditioned`): with a rank-deficient z, negative powers of the
+round-off singular values (s ** (1 + sigma), sigma < 0) make the result depend on the summation order."""
 import multiprocessing as mp
 import os
 import socket
@@ -11,7 +15,7 @@ import torch.nn as nn
 
 from rdm_lib.losses import imagenet_cos_term, rdm_solo_loss
 
-WORLD, N_LOCAL, K = 2, 8, 6
+WORLD, N_LOCAL, K = 2, 8, 32
 CONFIGS = [  # (variant, base, pred_type, location, sigma, out_dim)
     ("solo", "simsiam", "poly", "online", 1.0, 10),
     ("solo", "byol", "log_2", "target", -0.5, 10),
@@ -81,6 +85,18 @@ def two_rank_results():
         p.join(timeout=60)
         assert p.exitcode == 0
     return res
+
+
+@pytest.mark.parametrize("i", range(len(CONFIGS)))
+def test_test_data_is_full_rank_and_well_conditioned(i):
+    """Every p = lin(x), z = lin(y) of the configs has min(N, D) singular values within a factor 20."""
+    x, y = data()
+    torch.manual_seed(0)
+    lin = nn.Linear(K, CONFIGS[i][-1])
+    with torch.no_grad():
+        for m in (lin(x), lin(y)):
+            s = torch.linalg.svdvals(m.double())
+            assert len(s) == min(m.shape) and s.min() > s.max() / 20, s
 
 
 @pytest.mark.parametrize("i", range(len(CONFIGS)))
