@@ -167,7 +167,7 @@ def _write_coco(root):
 def test_coco_dataset(tmp_path):
     img_dir, ann, (m_rle, m_unc) = _write_coco(str(tmp_path))
     ds = CocoInstances(img_dir, ann, train=True, flip_prob=0.0)
-    assert ds.ids == [1]  # image 2 has only a crowd box, image 3 nothing: filter_empty_gt
+    assert ds.ids == [1, 2]  # image 2 has only a crowd box (kept, as mmdet 2.x), image 3 nothing: filter_empty_gt
     assert ds.cat2label == {3: 1, 7: 2} and ds.label2cat == {1: 3, 2: 7}
     image, t = ds[0]
     assert image.shape == (3, 40, 60) and image.max() <= 1.0

@@ -4,8 +4,17 @@
 pycocotools and yields ``(image, target)``: a float RGB tensor in [0, 1] (the detector normalises with the
 ImageNet mean/std, = mmdet's ``mean=[123.675,116.28,103.53], std=[58.395,57.12,57.375]`` / 255) and
 ``{'boxes' (xyxy), 'labels' (1..K, contiguous over the sorted category ids as mmdet does), 'masks', 'image_id'}``.
-Training follows mmdet's ``coco_instance.py``: crowd boxes are ignored, images without a usable box are
-dropped (``filter_empty_gt=True``) as are images smaller than 32 px (``min_size=32``), and ``RandomFlip(0.5)``.
+Training follows mmdet 2.x ``CocoDataset`` with ``coco_instance.py``:
+
+* image filter (``_filter_imgs``, ``filter_empty_gt=True``, ``min_size=32``): an image is kept when it has at
+  least one annotation of a known category (any annotation: crowd-only images and images whose boxes are all
+  degenerate are kept, and train with no ground truth) and ``min(width, height) >= min_size``;
+* annotation filter (``_parse_ann_info``, train and val): an annotation is dropped when ``ignore`` is set, its
+  box does not intersect the image, ``area <= 0``, ``w < 1`` or ``h < 1``, or its category is unknown; crowd
+  boxes become mmdet's ``gt_bboxes_ignore``, which Mask R-CNN never reads (``ignore_iof_thr=-1``), so they are
+  dropped too;
+* kept boxes are clipped to the image (mmdet's ``Resize(bbox_clip_border=True)``), then ``RandomFlip(0.5)``.
+
 Resizing (1333x800, or the multi-scale range) is done by the detector's transform.
 """
 from __future__ import annotations
@@ -62,15 +71,10 @@ class CocoInstances(torch.utils.data.Dataset):
         self.label2cat = {v: k for k, v in self.cat2label.items()}
         ids = sorted(self.coco.imgs)
         if train:
-            keep = []
-            for i in ids:
-                info = self.coco.imgs[i]
-                if min(info["width"], info["height"]) < min_size:
-                    continue
-                if filter_empty_gt and not any(self._usable(a) for a in self.coco.imgToAnns.get(i, [])):
-                    continue
-                keep.append(i)
-            ids = keep
+            # mmdet 2.x ``_filter_imgs``: images holding any annotation of a known category (crowd included)
+            with_ann = {a["image_id"] for a in self.coco.anns.values() if a["category_id"] in self.cat2label}
+            ids = [i for i in ids if (not filter_empty_gt or i in with_ann)
+                   and min(self.coco.imgs[i]["width"], self.coco.imgs[i]["height"]) >= min_size]
         if not ids:
             raise UserError(f"no usable images in '{ann_file}'")
         self.ids = ids
@@ -79,9 +83,15 @@ class CocoInstances(torch.utils.data.Dataset):
     def num_classes(self) -> int:
         return len(self.cat_ids)
 
-    @staticmethod
-    def _usable(a: Dict) -> bool:
-        return not a.get("iscrowd", 0) and a["bbox"][2] >= 1 and a["bbox"][3] >= 1
+    def _usable(self, a: Dict, width: int, height: int) -> bool:
+        """mmdet 2.x ``_parse_ann_info``: the annotations that become ground truth (``area`` falls back to
+        ``w * h`` when the json has none; mmdet requires the field)."""
+        if a.get("ignore", False) or a.get("iscrowd", 0) or a["category_id"] not in self.cat2label:
+            return False
+        x1, y1, w, h = a["bbox"]
+        inter_w = max(0.0, min(x1 + w, width) - max(x1, 0.0))
+        inter_h = max(0.0, min(y1 + h, height) - max(y1, 0.0))
+        return inter_w * inter_h > 0 and a.get("area", w * h) > 0 and w >= 1 and h >= 1
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -98,7 +108,8 @@ class CocoInstances(torch.utils.data.Dataset):
         image_id = self.ids[idx]
         img = self.load_image(image_id)
         w, h = img.size
-        anns = [a for a in self.coco.imgToAnns.get(image_id, []) if self._usable(a)]
+        info = self.coco.imgs[image_id]
+        anns = [a for a in self.coco.imgToAnns.get(image_id, []) if self._usable(a, info["width"], info["height"])]
         boxes = torch.tensor([[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2],
                                a["bbox"][1] + a["bbox"][3]] for a in anns], dtype=torch.float32).reshape(-1, 4)
         boxes[:, 0::2].clamp_(0, w)
