@@ -17,6 +17,7 @@ import torch.nn as nn
 from core.augment import IMAGENET_MEAN, IMAGENET_STD, MultiView, eval_transform, solo_pipeline
 from core.backbones import build_backbone
 from core.data import SyntheticShapes, build_loader, seed_everything
+from core.dist import DistContext
 from core.engine import EngineConfig, train
 from core.errors import cli_main
 from core.eval import collapse_metrics, extract_features, knn_accuracy, linear_probe_features
@@ -107,7 +108,7 @@ def main(argv=None):
         return collapse_metrics(z1, z2)
 
     cfg = EngineConfig(epochs=args.epochs, output_dir=args.out, print_freq=5, desc="SimCLR demo")
-    train(model, opt, loader, cfg, before_step=schedule, end_epoch=end_epoch)
+    train(model, opt, loader, cfg, DistContext(device=device), before_step=schedule, end_epoch=end_epoch)
     after = evaluate(model.backbone, mem_loader, test_loader, device, 10)
     rows = [("random init", before), (f"SimCLR {args.epochs} ep", after)]
     table = ["| backbone | kNN top-1 (k=20) | kNN top-1 (k=200) | linear probe top-1 |", "|---|---|---|---|"]

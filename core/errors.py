@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import sys
 
 
@@ -17,9 +18,26 @@ def _last_line(text: str) -> str:
     return lines[-1] if lines else str(text)
 
 
+def print_error(msg: str) -> None:
+    """Write ``error: msg`` straight to stderr, on every rank (the rank-0 ``print`` filter of
+    :func:`core.dist.setup_for_distributed` does not apply)."""
+    sys.stderr.write(f"error: {msg}\n")
+    sys.stderr.flush()
+
+
+def os_error_line(e: OSError) -> str:
+    """An OSError on a path as one line: what failed, on which path, and why."""
+    path = e.filename if e.filename is not None else ""
+    reason = e.strerror or e.__class__.__name__
+    if path:
+        extra = f" -> '{e.filename2}'" if getattr(e, "filename2", None) else ""
+        return f"cannot use '{os.fspath(path)}'{extra}: {reason}"
+    return f"{e.__class__.__name__}: {e}"
+
+
 def cli_main(fn):
-    """Decorate a script's ``main``: a :class:`UserError` (also one re-raised by a DataLoader worker) or a
-    missing file becomes a single ``error:`` line on stderr and exit status 2."""
+    """Decorate a script's ``main``: a :class:`UserError` (also one re-raised by a DataLoader worker or a
+    spawned process) or an OSError on a path becomes a single ``error:`` line on stderr and exit status 2."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -29,13 +47,21 @@ def cli_main(fn):
             msg = _last_line(e)
             if msg.startswith("core.errors.UserError: "):
                 msg = msg[len("core.errors.UserError: "):]
-            print(f"error: {msg}", file=sys.stderr)
+            print_error(msg)
+            sys.exit(2)
+        except OSError as e:
+            if e.filename is None:
+                raise
+            print_error(os_error_line(e))
             sys.exit(2)
         except Exception as e:  # errors from spawned workers arrive wrapped; surface a UserError inside them
             text = str(e)
-            if "UserError" in text:
+            if "UserError" in text or "TrainingDiverged" in text:
                 line = _last_line(text)
-                print(f"error: {line.split('UserError: ', 1)[-1]}", file=sys.stderr)
+                for marker in ("UserError: ", "TrainingDiverged: "):
+                    if marker in line:
+                        line = line.split(marker, 1)[-1]
+                print_error(line)
                 sys.exit(2)
             raise
 

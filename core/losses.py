@@ -9,6 +9,13 @@ import torch
 import torch.nn.functional as F
 
 from core import dist
+from core.errors import UserError
+
+
+def _need_batch(n: int, what: str) -> None:
+    """A batch variance needs at least two samples (one gives D or NaN, not a loss)."""
+    if n < 2:
+        raise UserError(f"{what} needs a (global) batch of at least 2 samples, got {n}")
 
 
 def nt_xent(z1: torch.Tensor, z2: torch.Tensor, tau: float = 0.2, gather: bool = True) -> torch.Tensor:
@@ -21,7 +28,7 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, tau: float = 0.2, gather: bool =
     z = torch.cat([z1, z2], dim=0)
     sim = z @ z.t() / tau
     sim = sim.masked_fill(torch.eye(2 * n, dtype=torch.bool, device=z.device), float("-inf"))
-    targets = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
+    targets = torch.arange(2 * n, device=z.device).roll(n)  # view i's positive is i + n (mod 2n), on the device
     return F.cross_entropy(sim, targets)
 
 
@@ -56,6 +63,7 @@ def barlow_twins_loss(z1: torch.Tensor, z2: torch.Tensor, lambd: float = 0.0051,
     if gather:
         z1, z2 = dist.all_gather_grad(z1), dist.all_gather_grad(z2)
     n = z1.shape[0]
+    _need_batch(n, "the Barlow Twins loss")
     c = _bn_standardise(z1, eps).t() @ _bn_standardise(z2, eps) / n
     on = (torch.diagonal(c) - 1).pow(2).sum()
     off = c.pow(2).sum() - torch.diagonal(c).pow(2).sum()
@@ -70,6 +78,7 @@ def vicreg_loss(z1: torch.Tensor, z2: torch.Tensor, sim_coeff: float = 25.0, std
     if gather:
         z1, z2 = dist.all_gather_grad(z1), dist.all_gather_grad(z2)
     n, d = z1.shape
+    _need_batch(n, "the VICReg loss")
     x, y = z1 - z1.mean(0), z2 - z2.mean(0)
     std_x, std_y = torch.sqrt(x.var(0) + eps), torch.sqrt(y.var(0) + eps)
     std_loss = F.relu(1 - std_x).mean() / 2 + F.relu(1 - std_y).mean() / 2

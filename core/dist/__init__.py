@@ -21,12 +21,15 @@ import argparse
 import builtins
 import datetime
 import os
+import sys
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
 import torch
 import torch.distributed as dist
 import torch.nn as nn
+
+from core.errors import UserError
 
 
 @dataclass
@@ -98,14 +101,66 @@ def setup_for_distributed(is_master: bool) -> None:
     builtins.print = rank_print
 
 
+def _timeout() -> datetime.timedelta:
+    """``SSL_DIST_TIMEOUT`` (seconds) when set, else PyTorch's default process-group timeout."""
+    raw = os.environ.get("SSL_DIST_TIMEOUT", "")
+    if raw:
+        try:
+            secs = float(raw)
+        except ValueError:
+            raise UserError(f"SSL_DIST_TIMEOUT must be a number of seconds, got '{raw}'") from None
+        if secs <= 0:
+            raise UserError(f"SSL_DIST_TIMEOUT must be positive, got '{raw}'")
+        return datetime.timedelta(seconds=secs)
+    from torch.distributed.constants import default_pg_timeout
+
+    return default_pg_timeout
+
+
+def _address(dist_url: str) -> str:
+    if dist_url == "env://":
+        return f"{os.environ.get('MASTER_ADDR', '?')}:{os.environ.get('MASTER_PORT', '?')}"
+    return dist_url
+
+
 def init_process_group(rank: int, world_size: int, dist_url: str = "env://",
                        backend: Optional[str] = None, device: Optional[torch.device] = None) -> None:
+    """Join the group; NCCL is bound to this process's device (``device_id``) so that the first collective
+    never guesses the GPU from the rank. Says at once what it waits for, and stops with a one-line error when
+    the peers do not come within the timeout (``SSL_DIST_TIMEOUT`` seconds; PyTorch's default otherwise)."""
     device = device or torch.device("cpu")
     chosen = backend or backend_for(device.type)
     if device.type != "cuda" and chosen == "nccl":
         chosen = "gloo"  # the original flag says nccl; without CUDA gloo is the only choice
-    dist.init_process_group(backend=chosen, init_method=dist_url, world_size=world_size, rank=rank,
-                            timeout=datetime.timedelta(minutes=30))
+    timeout = _timeout()
+    sys.stderr.write(f"rank {rank}: joining {world_size} processes at {_address(dist_url)} ({chosen}; "
+                     f"timeout {int(timeout.total_seconds())} s, set SSL_DIST_TIMEOUT to change)\n")
+    sys.stderr.flush()
+    kwargs = {}
+    if chosen == "nccl" and device.type == "cuda":
+        kwargs["device_id"] = device
+    try:
+        dist.init_process_group(backend=chosen, init_method=dist_url, world_size=world_size, rank=rank,
+                                timeout=timeout, **kwargs)
+    except (RuntimeError, ValueError) as e:
+        text = str(e).lower()
+        if "timeout" in text or "timed out" in text:
+            raise UserError(f"rank {rank}: the other processes of a {world_size}-process run did not join at "
+                            f"{_address(dist_url)} within {int(timeout.total_seconds())} s") from None
+        raise
+
+
+def per_process_batch(global_batch: int, world_size: int, what: str = "--batch-size") -> int:
+    """``global_batch // world_size`` as the originals compute it, with one warning line when the process
+    count does not divide it (samples are dropped) and a UserError when it is 0."""
+    per = int(global_batch) // max(1, int(world_size))
+    if per < 1:
+        raise UserError(f"{what}={global_batch} is smaller than the {world_size} processes")
+    if per * world_size != global_batch:
+        sys.stderr.write(f"warning: {what}={global_batch} is not divisible by {world_size} processes: each "
+                         f"takes {per} (global batch {per * world_size}, as the original floors it)\n")
+        sys.stderr.flush()
+    return per
 
 
 def env_launched() -> bool:

@@ -83,16 +83,11 @@ def convert_group_bn(module: nn.Module, group=None) -> nn.Module:
         ref = next(iter(list(module.parameters()) + list(module.buffers())), None)
         if ref is not None:  # keep the device and floating dtype of the replaced layer
             out = out.to(device=ref.device, dtype=ref.dtype if ref.is_floating_point() else None)
-        with torch.no_grad():
-            if module.affine:
-                out.weight.copy_(module.weight)
-                out.bias.copy_(module.bias)
-                out.weight.requires_grad_(module.weight.requires_grad)
-                out.bias.requires_grad_(module.bias.requires_grad)
-            if module.track_running_stats:
-                out.running_mean.copy_(module.running_mean)
-                out.running_var.copy_(module.running_var)
-                out.num_batches_tracked.copy_(module.num_batches_tracked)
+        if module.affine:  # the same Parameter objects: an optimizer built earlier still updates them
+            out.weight, out.bias = module.weight, module.bias
+        if module.track_running_stats:
+            out.running_mean, out.running_var = module.running_mean, module.running_var
+            out.num_batches_tracked = module.num_batches_tracked
         out.train(module.training)
     for name, child in module.named_children():
         out.add_module(name, convert_group_bn(child, group))

@@ -20,7 +20,8 @@ import torch.nn as nn
 
 from core import dist
 from core.data.loader import set_loader_epoch
-from core.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from core.engine.checkpoint import (load_checkpoint, remove_stale_temp_files, rng_state, save_checkpoint,
+                                   set_rng_state)
 from core.errors import UserError
 
 
@@ -34,8 +35,7 @@ class EngineConfig:
     output_dir: str
     start_epoch: int = 0
     amp: str = "auto"                 # auto (bf16 on CUDA, off on CPU) | bf16 | fp16 | off
-    clip_grad: float = 0.0            # max grad norm, 0 = off
-    clip_with_amp_only: bool = False  # TWIST: clipping only happens in the AMP branch
+    clip_grad: float = 0.0            # max grad norm, 0 = off (clips with or without AMP)
     channels_last: bool = True        # on CUDA only
     print_freq: int = 10
     ckpt_names: Sequence[str] = ("checkpoint.pth",)   # formatted with epoch=<0-based epoch just finished>
@@ -50,6 +50,16 @@ class EngineConfig:
     plot: bool = True
     desc: str = "train"
 
+    def __post_init__(self):
+        for name in ("epochs", "start_epoch", "save_every", "print_freq"):
+            v = getattr(self, name)
+            if v is None or int(v) < 0 or (name in ("save_every", "print_freq") and int(v) < 1):
+                raise UserError(f"{name.replace('_', ' ')} must be {'positive' if name in ('save_every', 'print_freq') else 'non-negative'}, got {v}")
+        if self.max_steps_per_epoch is not None and self.max_steps_per_epoch < 0:
+            raise UserError(f"max steps per epoch must be non-negative, got {self.max_steps_per_epoch}")
+        if self.start_epoch > self.epochs:
+            raise UserError(f"start epoch {self.start_epoch} is past the last epoch ({self.epochs})")
+
 
 def amp_dtype(mode: str, device: torch.device) -> Optional[torch.dtype]:
     """The autocast dtype for ``mode`` on ``device`` (None = no autocast). AMP runs on CUDA only."""
@@ -57,9 +67,16 @@ def amp_dtype(mode: str, device: torch.device) -> Optional[torch.dtype]:
         return None
     if mode == "fp16":
         return torch.float16
-    if mode in ("bf16", "auto"):
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if mode in ("bf16", "auto"):  # emulated bf16 (V100, T4) is slow: fp16 + GradScaler there
+        return torch.bfloat16 if _native_bf16() else torch.float16
     raise UserError(f"unknown amp mode '{mode}' (choose auto, bf16, fp16 or off)")
+
+
+def _native_bf16() -> bool:
+    try:
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    except TypeError:  # torch < 2.3 has no including_emulation and counts only native support
+        return torch.cuda.is_bf16_supported()
 
 
 def to_device(batch: Any, device: torch.device, channels_last: bool = False) -> Any:
@@ -123,11 +140,16 @@ def _key_mismatch(expected: Dict, got: Dict):
     return sorted(set(expected) - set(got)), sorted(set(got) - set(expected))
 
 
-def _scalars(logs: Dict[str, Any], device: torch.device) -> Dict[str, torch.Tensor]:
-    """Logged values as detached 0-d float tensors on ``device`` (python numbers and CPU tensors are copied
-    there, so sums over a window never mix devices and never synchronise)."""
-    return {k: (v.detach() if torch.is_tensor(v) else torch.tensor(float(v))).float().reshape(()).to(device)
-            for k, v in logs.items()}
+def _scalars(logs: Dict[str, Any], device: torch.device) -> Dict[str, Any]:
+    """Logged values: tensors as detached 0-d float tensors where they are (device tensors stay on the device,
+    so nothing synchronises), python numbers as floats (kept on the host, never copied per step)."""
+    out: Dict[str, Any] = {}
+    for k, v in logs.items():
+        if torch.is_tensor(v):
+            out[k] = v.detach().float().reshape(())
+        else:
+            out[k] = float(v)
+    return out
 
 
 class _Meter:
@@ -137,17 +159,28 @@ class _Meter:
         self.sums: Dict[str, torch.Tensor] = {}
         self.count = 0
 
-    def add(self, logs: Dict[str, torch.Tensor]) -> None:
+    def add(self, logs: Dict[str, Any]) -> None:
         for k, v in logs.items():
-            self.sums[k] = self.sums[k] + v if k in self.sums else v.clone()
+            if k in self.sums:
+                self.sums[k] = self.sums[k] + v
+            else:
+                self.sums[k] = v.clone() if torch.is_tensor(v) else v
         self.count += 1
 
     def means(self) -> Dict[str, float]:
         if not self.count:
             return {}
-        keys = list(self.sums)
-        vals = torch.stack([self.sums[k] for k in keys]).cpu() / self.count
-        return {k: float(v) for k, v in zip(keys, vals)}
+        out: Dict[str, float] = {}
+        by_device: Dict[Any, List[str]] = {}
+        for k, v in self.sums.items():
+            if torch.is_tensor(v):
+                by_device.setdefault(v.device, []).append(k)
+            else:
+                out[k] = v / self.count
+        for keys in by_device.values():  # one read-back per device
+            vals = torch.stack([self.sums[k] for k in keys]).cpu() / self.count
+            out.update({k: float(v) for k, v in zip(keys, vals)})
+        return {k: out[k] for k in self.sums}
 
 
 def train(model: nn.Module, optimizer: torch.optim.Optimizer, loader, cfg: EngineConfig,
@@ -156,12 +189,14 @@ def train(model: nn.Module, optimizer: torch.optim.Optimizer, loader, cfg: Engin
           after_step: Optional[Callable[[int, int], None]] = None,
           end_epoch: Optional[Callable[[int], Dict[str, float]]] = None,
           extra_state: Optional[Callable[[int], Dict[str, Any]]] = None,
-          load_extra_state: Optional[Callable[[Dict[str, Any]], None]] = None) -> List[Dict[str, float]]:
+          load_extra_state: Optional[Callable[[Dict[str, Any]], None]] = None,
+          after_save: Optional[Callable[[int], None]] = None) -> List[Dict[str, float]]:
     """Train ``model`` (possibly DDP-wrapped; ``model(batch) -> (loss, logs)``) for ``cfg.epochs`` epochs.
 
     Hooks: ``before_step(step, total_steps)`` (set lr / wd / momentum), ``after_step(step, total_steps)``
     (EMA), ``end_epoch(epoch) -> metrics`` (kNN, diagnostics), ``extra_state(epoch) -> dict`` (keys added to
-    each checkpoint, overriding defaults), ``load_extra_state(ckpt)`` on resume. Returns one dict per epoch.
+    each checkpoint, overriding defaults), ``load_extra_state(ckpt)`` on resume, ``after_save(epoch)`` on the main
+    rank right after the checkpoint(s) of ``epoch`` are written (named copies). Returns one dict per epoch.
     """
     ctx = ctx or dist.DistContext()
     inner = dist.unwrap(model)
@@ -170,6 +205,8 @@ def train(model: nn.Module, optimizer: torch.optim.Optimizer, loader, cfg: Engin
     scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
     use_cl = cfg.channels_last and device.type == "cuda"
     os.makedirs(cfg.output_dir, exist_ok=True)
+    if ctx.is_main:
+        remove_stale_temp_files(cfg.output_dir)
 
     steps_per_epoch = len(loader)
     if cfg.max_steps_per_epoch:
@@ -227,59 +264,66 @@ def train(model: nn.Module, optimizer: torch.optim.Optimizer, loader, cfg: Engin
             bar = tqdm(total=steps_per_epoch, desc=f"{cfg.desc} epoch {epoch}", dynamic_ncols=True,
                        mininterval=1.0, leave=True)
         t_window, imgs_window = time.time(), 0
-        for i, batch in enumerate(loader):
-            if i >= steps_per_epoch:
-                break
-            step = epoch * steps_per_epoch + i
-            if before_step:
-                before_step(step, total_steps)
-            imgs_window += batch_images(batch) * ctx.world_size
-            batch = to_device(batch, device, use_cl)
-            with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-                loss, logs = model(batch)
-            logs = _scalars({"loss": loss, **logs}, device)
-            first = ~torch.isfinite(logs["loss"]) & (bad_step < 0)
-            bad_step = torch.where(first, torch.full_like(bad_step, step), bad_step)
-            for k, v in logs.items():
-                bad_logs[k] = torch.where(first, v, bad_logs.get(k, v))
-            optimizer.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                if cfg.clip_grad > 0:
-                    scaler.unscale_(optimizer)
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                loss.backward()
-                if cfg.clip_grad > 0 and not (cfg.clip_with_amp_only and dtype is None):
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
-                optimizer.step()
-            if after_step:
-                after_step(step, total_steps)
-            meter.add(logs)
-            window.add(logs)
-            last = i == steps_per_epoch - 1
-            if (i + 1) % cfg.print_freq == 0 or last:
-                _check_finite(bad_step, bad_logs)
-                means = window.means()
-                lr = optimizer.param_groups[0]["lr"]
-                dt = max(time.time() - t_window, 1e-9)
-                ips = imgs_window / dt
-                step_losses.append((step, means.get("loss", float("nan"))))
+        try:
+            for i, batch in enumerate(loader):
+                if i >= steps_per_epoch:
+                    break
+                step = epoch * steps_per_epoch + i
+                if before_step:
+                    before_step(step, total_steps)
+                imgs_window += batch_images(batch) * ctx.world_size
+                batch = to_device(batch, device, use_cl)
+                try:
+                    with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+                        loss, logs = model(batch)
+                except torch.linalg.LinAlgError as e:  # an SVD/eigh of non-finite values: the run has diverged
+                    raise TrainingDiverged(f"non-finite values at step {step} in a linear-algebra step "
+                                           f"({_last_line(e)})") from None
+                logs = _scalars({"loss": loss, **logs}, device)
+                first = ~torch.isfinite(logs["loss"]) & (bad_step < 0)
+                bad_step = torch.where(first, torch.full_like(bad_step, step), bad_step)
+                for k, v in logs.items():
+                    if torch.is_tensor(v) and v.device == bad_step.device:
+                        bad_logs[k] = torch.where(first, v, bad_logs.get(k, v))
+                optimizer.zero_grad(set_to_none=True)
+                if scaler is not None:
+                    scaler.scale(loss).backward()
+                    if cfg.clip_grad > 0:
+                        scaler.unscale_(optimizer)
+                        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    loss.backward()
+                    if cfg.clip_grad > 0:
+                        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
+                    optimizer.step()
+                if after_step:
+                    after_step(step, total_steps)
+                meter.add(logs)
+                window.add(logs)
+                last = i == steps_per_epoch - 1
+                if (i + 1) % cfg.print_freq == 0 or last:
+                    _check_finite(bad_step, bad_logs, ctx)
+                    means = window.means()
+                    lr = optimizer.param_groups[0]["lr"]
+                    dt = max(time.time() - t_window, 1e-9)
+                    ips = imgs_window / dt
+                    step_losses.append((step, means.get("loss", float("nan"))))
+                    if bar is not None:
+                        bar.set_postfix(loss=f"{means.get('loss', float('nan')):.4f}", lr=f"{lr:.3g}",
+                                        **{"img/s": f"{ips:.1f}"})
+                    if writer is not None:
+                        for k, v in means.items():
+                            writer.add_scalar(f"train/{k}", v, step)
+                        writer.add_scalar("train/lr", lr, step)
+                        writer.add_scalar("train/images_per_sec", ips, step)
+                    window, t_window, imgs_window = _Meter(), time.time(), 0
                 if bar is not None:
-                    bar.set_postfix(loss=f"{means.get('loss', float('nan')):.4f}", lr=f"{lr:.3g}",
-                                    **{"img/s": f"{ips:.1f}"})
-                if writer is not None:
-                    for k, v in means.items():
-                        writer.add_scalar(f"train/{k}", v, step)
-                    writer.add_scalar("train/lr", lr, step)
-                    writer.add_scalar("train/images_per_sec", ips, step)
-                window, t_window, imgs_window = _Meter(), time.time(), 0
+                    bar.update(1)
+        finally:  # an error is printed after a closed bar, on its own line
             if bar is not None:
-                bar.update(1)
-        if bar is not None:
-            bar.close()
+                bar.close()
         stats = {f"train_{k}": v for k, v in meter.means().items()}
         stats["epoch"] = epoch
         stats["lr"] = optimizer.param_groups[0]["lr"]
@@ -297,6 +341,8 @@ def train(model: nn.Module, optimizer: torch.optim.Optimizer, loader, cfg: Engin
                 writer.flush()
         if (epoch + 1) % cfg.save_every == 0 or epoch + 1 in (cfg.epochs, last_epoch):
             _save(inner, optimizer, scaler, cfg, ctx, epoch, history, step_losses, extra_state)
+            if after_save and ctx.is_main:
+                after_save(epoch)
     if writer is not None:
         writer.close()
     if ctx.is_main and cfg.plot and history:
@@ -306,7 +352,20 @@ def train(model: nn.Module, optimizer: torch.optim.Optimizer, loader, cfg: Engin
     return history
 
 
-def _check_finite(bad_step: torch.Tensor, bad_logs: Dict[str, torch.Tensor]) -> None:
+def _last_line(e: BaseException) -> str:
+    lines = [ln for ln in str(e).splitlines() if ln.strip()]
+    return lines[-1].strip() if lines else e.__class__.__name__
+
+
+def _check_finite(bad_step: torch.Tensor, bad_logs: Dict[str, torch.Tensor], ctx=None) -> None:
+    """Raise on the first non-finite loss. With several ranks they agree first (one all-reduce at the
+    print boundary, where the loop reads back anyway), so every rank stops together."""
+    flag = bad_step
+    if ctx is not None and ctx.world_size > 1 and dist.is_dist():
+        flag = bad_step.clone()
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        if int(flag) >= 0 and int(bad_step) < 0:
+            raise TrainingDiverged(f"non-finite loss on another rank (first at step {int(flag)})")
     s = int(bad_step)
     if s >= 0:
         terms = ", ".join(f"{k}={float(v):.4g}" for k, v in bad_logs.items())

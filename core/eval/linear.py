@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence
@@ -20,7 +19,7 @@ import torch.nn.functional as F
 from torch.utils.data import DistributedSampler
 
 from core import dist
-from core.engine.checkpoint import load_checkpoint, save_checkpoint
+from core.engine.checkpoint import copy_checkpoint, load_checkpoint, save_checkpoint
 from core.engine.trainer import to_device
 from core.errors import UserError
 
@@ -86,7 +85,10 @@ def validate(model: nn.Module, loader, device, max_steps: Optional[int] = None) 
         c1, c5 = accuracy(out, y, (1, 5))
         sums += torch.stack([F.cross_entropy(out, y, reduction="sum"), c1.float(), c5.float(),
                              torch.tensor(float(y.shape[0]), device=device)])
-    if isinstance(getattr(loader, "sampler", None), DistributedSampler) and dist.is_dist():
+    from core.data.loader import UnpaddedDistributedSampler
+
+    if isinstance(getattr(loader, "sampler", None), (DistributedSampler, UnpaddedDistributedSampler)) \
+            and dist.is_dist():
         torch.distributed.all_reduce(sums)
     loss, c1, c5, n = sums.tolist()
     n = max(n, 1.0)
@@ -167,7 +169,7 @@ def run_linear_eval(model: nn.Module, optimizer: torch.optim.Optimizer, train_lo
                 state.update(extra_state(res))
             path = save_checkpoint(state, os.path.join(cfg.output_dir, cfg.ckpt_name.format(epoch=epoch)))
             if is_best:
-                shutil.copyfile(path, os.path.join(cfg.output_dir, cfg.best_name))
+                copy_checkpoint(path, os.path.join(cfg.output_dir, cfg.best_name))
             if epoch == start and reference_state is not None:
                 sanity_check(inner.state_dict(), reference_state)
     return {"best_acc1": best_acc1, **res}

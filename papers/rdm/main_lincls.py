@@ -71,7 +71,8 @@ def run(ctx, args):
     val_ds = build_dataset(args.data, "val", eval_transform(args.image_size), image_size=args.image_size)
     train_loader = build_loader(train_ds, max(1, batch), shuffle=True, drop_last=False, num_workers=workers,
                                 seed=args.seed or 0)
-    val_loader = build_loader(val_ds, 256, shuffle=False, drop_last=False, num_workers=workers)
+    val_loader = build_loader(val_ds, 256, shuffle=False, drop_last=False, num_workers=workers,
+                              exact_eval=True)
     cfg = LinearEvalConfig(epochs=args.epochs, output_dir=args.output_dir, arch=args.arch,
                            start_epoch=args.start_epoch, print_freq=args.print_freq, resume=args.resume,
                            evaluate=args.evaluate, max_steps_per_epoch=args.max_steps_per_epoch)

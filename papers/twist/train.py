@@ -223,7 +223,7 @@ def main_worker(ctx: dist.DistContext, args) -> None:
             f.write(json.dumps({k: v for k, v in vars(args).items()
                                 if isinstance(v, (int, float, str, bool, list, tuple, type(None)))}) + "\n")
     cfg = EngineConfig(epochs=args.epochs, output_dir=output_dir, start_epoch=args.start_epoch,
-                       amp="fp16" if args.amp else "off", clip_grad=args.clip_norm, clip_with_amp_only=True,
+                       amp="fp16" if args.amp else "off", clip_grad=args.clip_norm if args.amp else 0.0,
                        print_freq=10, ckpt_names=("checkpoint.pth",), model_key="model", resume=resume,
                        max_steps_per_epoch=args.max_steps_per_epoch or None, desc="twist")
     print(f"Start training for {args.epochs} epochs")

@@ -155,9 +155,9 @@ def main_worker(ctx: dist.DistContext, args) -> None:
                          clip=False, mode="larc")
     else:
         optimizer = torch.optim.SGD(params, init_lr, momentum=args.momentum, weight_decay=args.weight_decay)
-    train_loader = build_loader(train_set, per_gpu, shuffle=True, drop_last=False, num_workers=workers,
-                                persistent_workers=True)
-    val_loader = build_loader(val_set, 256, shuffle=False, drop_last=False, num_workers=workers)
+    train_loader = build_loader(train_set, per_gpu, shuffle=True, drop_last=False, num_workers=workers)
+    val_loader = build_loader(val_set, 256, shuffle=False, drop_last=False, num_workers=workers,
+                                exact_eval=True)
     out_dir = os.path.dirname(args.save_name) or "."
     cfg = LinearEvalConfig(epochs=args.epochs, output_dir=out_dir, arch=args.arch, start_epoch=args.start_epoch,
                            print_freq=args.print_freq, ckpt_name=os.path.basename(args.save_name),

@@ -80,8 +80,7 @@ def main_worker(ctx: dist.DistContext, cfg) -> None:
         print(f"kNN top-1 of '{cfg.resume_path}': {acc:.2f}")
         return
 
-    loader = build_loader(train_set, per_gpu, shuffle=True, drop_last=True, num_workers=cfg.n_workers,
-                          persistent_workers=True)
+    loader = build_loader(train_set, per_gpu, shuffle=True, drop_last=True, num_workers=cfg.n_workers)
     spe = steps_per_epoch(loader, cfg)
     warmup_steps = cfg.warmup_epochs * spe
 
