@@ -72,3 +72,31 @@ def test_empty_ground_truth_trains(tmp_path):
     image, target = ds[ds.ids.index(2)]
     loss, logs = m({"images": [image], "targets": [target]})
     assert torch.isfinite(loss) and logs["loss_box_reg"] == 0 and logs["loss_mask"] == 0
+
+
+def test_box_head_and_fpn_init_as_mmdet():
+    """BBoxHead: fc_cls N(0, 0.01), fc_reg N(0, 0.001); Shared2FCBBoxHead fcs and FPN convs Xavier-uniform
+    (bound sqrt(6 / (fan_in + fan_out))); biases 0 (mmcv NormalInit / XavierInit defaults)."""
+    torch.manual_seed(0)
+    m = build_mask_rcnn(dict(backbone="resnet_tiny", fpn_channels=64, box_fc_dim=1024, mask_conv_dim=16,
+                             anchor_sizes=(16, 32, 64, 128, 256)), 80)
+    pred = m.roi_heads.box_predictor
+    assert pred.cls_score.weight.shape == (81, 1024) and pred.bbox_pred.weight.shape == (324, 1024)
+    # sample std of 82,944 / 331,776 normal draws: within 2% of the target
+    assert pred.cls_score.weight.std().item() == pytest.approx(0.01, rel=0.02)
+    assert pred.bbox_pred.weight.std().item() == pytest.approx(0.001, rel=0.02)
+    assert abs(pred.cls_score.weight.mean().item()) < 2e-4
+    for lin in (m.roi_heads.box_head.fc6, m.roi_heads.box_head.fc7):
+        fan_out, fan_in = lin.weight.shape
+        bound = (6.0 / (fan_in + fan_out)) ** 0.5
+        w = lin.weight.abs()
+        assert w.max().item() <= bound and w.max().item() > 0.999 * bound
+        assert lin.weight.std().item() == pytest.approx(bound / 3 ** 0.5, rel=0.02)  # uniform(-b, b) std
+    convs = [c for c in m.backbone.fpn.modules() if isinstance(c, torch.nn.Conv2d)]
+    assert len(convs) == 8
+    for c in convs:
+        rf = c.weight[0, 0].numel()
+        bound = (6.0 / (c.in_channels * rf + c.out_channels * rf)) ** 0.5
+        assert c.weight.abs().max().item() <= bound and c.weight.abs().max().item() > 0.9 * bound
+    for lin in (pred.cls_score, pred.bbox_pred, m.roi_heads.box_head.fc6, m.roi_heads.box_head.fc7, *convs):
+        assert torch.count_nonzero(lin.bias) == 0

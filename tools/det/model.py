@@ -9,13 +9,15 @@
 * ``norm='SyncBN'``: the backbone BNs synchronise over ranks (:func:`core.dist.convert_sync_bn`);
 * heads and test settings as mmdet's base model: anchors 32-512 (scale 8 x strides 4-64), ratios 0.5/1/2,
   RPN NMS 0.7 with 2000/1000 pre/post-NMS boxes in training and 1000/1000 at test, 512 RoIs at 25% positives,
-  2x1024-fc box head, 4-conv mask head, score threshold 0.05, NMS 0.5, 100 detections, mask threshold 0.5.
+  2x1024-fc box head, 4-conv mask head, score threshold 0.05, NMS 0.5, 100 detections, mask threshold 0.5;
+* initialisation of the box head and FPN as mmdet's ``init_cfg`` (:func:`init_as_mmdet`).
 """
 from __future__ import annotations
 
 from collections import OrderedDict
 from typing import Any, Dict, Tuple
 
+import torch
 import torch.nn as nn
 import torchvision
 from torchvision.models.detection import MaskRCNN
@@ -127,7 +129,25 @@ def build_mask_rcnn(cfg: Dict[str, Any], num_classes: int) -> SelfSupMaskRCNN:
         mask_head=MaskRCNNHeads(out_ch, [mask_dim] * 4, 1),
         mask_predictor=_mask_predictor(mask_dim, num_classes + 1),
     )
+    init_as_mmdet(model)
     return model
+
+
+@torch.no_grad()
+def init_as_mmdet(model: MaskRCNN) -> None:
+    """mmdet 2.x ``init_cfg`` of the parts whose torchvision init differs: ``BBoxHead`` fc_cls ~ N(0, 0.01) and
+    fc_reg ~ N(0, 0.001); ``Shared2FCBBoxHead`` shared fcs and every FPN conv Xavier-uniform (gain 1); all of
+    their biases 0. (RPN head N(0, 0.01) and the mask head's kaiming fan_out init are already the same.)"""
+    pred = model.roi_heads.box_predictor
+    nn.init.normal_(pred.cls_score.weight, 0.0, 0.01)
+    nn.init.normal_(pred.bbox_pred.weight, 0.0, 0.001)
+    layers = [pred.cls_score, pred.bbox_pred]
+    fcs = [m for m in model.roi_heads.box_head.modules() if isinstance(m, nn.Linear)]
+    convs = [m for m in model.backbone.fpn.modules() if isinstance(m, nn.Conv2d)]
+    for m in fcs + convs:
+        nn.init.xavier_uniform_(m.weight, gain=1.0)
+    for m in layers + fcs + convs:
+        nn.init.zeros_(m.bias)
 
 
 def _predictor(dim, classes):
