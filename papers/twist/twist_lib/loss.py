@@ -32,6 +32,12 @@ def entropy_of_mean(p: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     return -(m * (m + eps).log()).sum()
 
 
+def cross_entropy(p: torch.Tensor, q: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """``objective.CE(p, q)``: -mean_i sum_k p_ik log(q_ik + eps) (soft-target cross-entropy of two
+    distributions; defined, not used by the training paths of the original)."""
+    return -(p * (q + eps).log()).sum(dim=1).mean()
+
+
 def twist_pair_loss(fa: torch.Tensor, fb: torch.Tensor, lam1: float = 0.0, lam2: float = 1.0,
                     tau: float = 1.0, eps: float = 1e-5) -> Dict[str, torch.Tensor]:
     """``EntLoss`` for one pair of views (formula.png with alpha = 1 + lam1, beta = lam2):
@@ -93,32 +99,72 @@ def quantile_threshold(conf: torch.Tensor, quantile: float, fixed: float = 0.0) 
     at position ``min(int(q * B), B - 1)``; with ``q == 0`` the fixed ``--threshold``. The mask is then
     ``conf > threshold`` (strict), i.e. about the top-q fraction of each batch."""
     if quantile == 0:
-        return torch.as_tensor(fixed, dtype=conf.dtype, device=conf.device)
+        return conf.new_full((), fixed)  # a fill on the device, no host-to-device copy
     ordered = conf.sort(descending=True).values
     return ordered[min(int(quantile * conf.shape[0]), conf.shape[0] - 1)]
 
 
-def confidence_ce(weak: torch.Tensor, strong: torch.Tensor, threshold) -> torch.Tensor:
-    """SCAN's ``ConfidenceBasedCE`` without class balancing: pseudo-label = argmax softmax(weak) (plain
-    softmax), kept where its max probability > threshold; cross-entropy of ``strong`` on the kept samples
-    (mean), 0 (with a graph) when nothing is kept."""
+def masked_cross_entropy(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
+                         weight: Optional[torch.Tensor] = None, reduction: str = "mean") -> torch.Tensor:
+    """``objective.MaskedCrossEntropyLoss`` (from SCAN): cross-entropy of ``logits`` against ``target`` on the
+    samples where ``mask`` is true, with optional class weights ``weight`` (C,):
+
+    mean: sum_i m_i w_{y_i} ce_i / sum_i m_i w_{y_i}   (``F.cross_entropy(..., weight, 'mean')`` on the kept rows)
+    sum:  sum_i m_i w_{y_i} ce_i
+    none: w_{y_i} ce_i on kept rows and 0 on the others (the original returned only the kept rows)
+
+    An empty mask gives ``0 * logits.sum()`` (zero with a graph), as the original. Computed with masked
+    arithmetic instead of ``masked_select`` / boolean indexing, so it never reads a value back to the host.
+    """
+    ce = F.cross_entropy(logits, target, reduction="none")
+    w = torch.ones_like(ce) if weight is None else weight.to(ce.dtype)[target]
+    keep = mask.reshape(-1).to(torch.bool)
+    wce = torch.where(keep, w * ce, torch.zeros_like(ce))
+    if reduction == "none":
+        return wce
+    if reduction == "sum":
+        return wce.sum()
+    if reduction != "mean":
+        raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+    den = torch.where(keep, w, torch.zeros_like(w)).sum()
+    safe = torch.where(den != 0, den, torch.ones_like(den))  # empty mask: 0 / 1 (no NaN in the backward)
+    return torch.where(keep.any(), wce.sum() / safe, 0 * logits.sum())
+
+
+def class_balancing_weights(target: torch.Tensor, mask: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """``ConfidenceBasedCE(apply_class_balancing=True)``: with n kept samples and count_c of them labelled c,
+    weight_c = 1 / (count_c / n) for every class present among the kept labels, 1 for the others."""
+    m = mask.reshape(-1).to(torch.float32)
+    counts = torch.zeros(num_classes, dtype=torch.float32, device=target.device).index_add_(0, target, m)
+    n = m.sum()
+    present = counts > 0
+    freq = 1 / (torch.where(present, counts, torch.ones_like(counts)) / n)
+    return torch.where(present, freq, torch.ones_like(counts))
+
+
+def confidence_ce(weak: torch.Tensor, strong: torch.Tensor, threshold,
+                  class_balancing: bool = False) -> torch.Tensor:
+    """SCAN's ``ConfidenceBasedCE``: pseudo-label = argmax softmax(weak) (plain softmax), kept where its max
+    probability > threshold; :func:`masked_cross_entropy` of ``strong`` on the kept samples (mean), 0 (with a
+    graph) when nothing is kept. ``class_balancing`` (``apply_class_balancing``; the training step of the
+    original passes False) weights each class by :func:`class_balancing_weights`."""
     prob = F.softmax(weak.detach(), dim=1)
     maxp, target = prob.max(dim=1)
     mask = maxp > threshold
-    if not bool(mask.any()):
-        return 0 * strong.sum()
-    return F.cross_entropy(strong[mask], target[mask])
+    weight = class_balancing_weights(target, mask, prob.shape[1]) if class_balancing else None
+    return masked_cross_entropy(strong, target, mask, weight)
 
 
 def self_label_loss(student: Sequence[torch.Tensor], quantile: float, threshold: float = 0.0,
-                    teacher: Optional[Sequence[torch.Tensor]] = None, tau: float = 1.0
-                    ) -> Dict[str, torch.Tensor]:
+                    teacher: Optional[Sequence[torch.Tensor]] = None, tau: float = 1.0,
+                    class_balancing: bool = False) -> Dict[str, torch.Tensor]:
     """Stage (c) on one rank's logits (no gather; every statistic is per GPU batch as in the original).
 
     The weak anchor of a sample is the global view (teacher's, if given) with the higher max probability of
     softmax(f / tau); the strong anchor is the student's *other* global view. The loss is
     [CE(strong) + sum over local views CE(local)] / (n - 1), each CE being :func:`confidence_ce` against the
-    weak anchor with the quantile threshold of :func:`quantile_threshold`.
+    weak anchor with the quantile threshold of :func:`quantile_threshold` (``class_balancing`` is passed on;
+    the original trains with False). No value is read back to the host.
     """
     src = teacher if teacher is not None else student[:2]
     p0, p1 = F.softmax(src[0] / tau, dim=-1), F.softmax(src[1] / tau, dim=-1)
@@ -129,7 +175,7 @@ def self_label_loss(student: Sequence[torch.Tensor], quantile: float, threshold:
     weak = torch.where(first, src[0], src[1]).detach()
     strong = torch.where(first, student[1], student[0])
     n = len(student)
-    loss = confidence_ce(weak, strong, thr)
+    loss = confidence_ce(weak, strong, thr, class_balancing)
     for v in range(2, n):
-        loss = loss + confidence_ce(weak, student[v], thr)
+        loss = loss + confidence_ce(weak, student[v], thr, class_balancing)
     return {"final": loss / (n - 1), "threshold": thr.detach(), "frac": frac}

@@ -130,10 +130,9 @@ class TwistMethod:
             if self.watch:
                 self.preds.append(pred1)
                 self.labels.append(dist.concat_all_gather(labels.long()))
-        for k, v in self.extra_logs.items():
-            logs[k] = torch.tensor(float(v))
+        logs.update(self.extra_logs)  # python floats: the engine keeps them on the host (no tensor per step)
         loss = out.pop("final")
-        logs.update({k: v.detach() if torch.is_tensor(v) else torch.tensor(float(v)) for k, v in out.items()})
+        logs.update({k: v.detach() if torch.is_tensor(v) else float(v) for k, v in out.items()})
         return loss, logs
 
     def pop_predictions(self):
