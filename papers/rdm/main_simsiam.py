@@ -1,9 +1,11 @@
 """SimSiam / RDM-SimSiam ImageNet pretraining (``imagenet/main_simsiam.py`` of the RDM repository).
 
-Every flag and default of the original (spec §3a). Ours: ``--no-rdm-guard``, ``--output-dir`` (default
+Every flag and default of the original (spec §3a). Ours: ``--rdm-guard``, ``--output-dir`` (default
 ``.``, where the original writes checkpoints), ``--image-size`` (224), ``--max-steps-per-epoch``.
 The loop is :func:`core.engine.train` (fp32 as the original, no AMP); launch is :mod:`core.dist`.
 """
+import os
+
 import torch
 
 from core import dist
@@ -15,6 +17,7 @@ from core.optim import cosine_epoch_lr
 from rdm_lib.diagnostics import RankMonitor
 from rdm_lib.imagenet_args import simsiam_parser
 from rdm_lib.models import ImageNetSimSiam
+from rdm_lib.run_utils import guard_hint
 
 
 def run(ctx, args):
@@ -26,7 +29,7 @@ def run(ctx, args):
     if batch < 2:
         raise UserError(f"batch size per process is {batch}; use -b of at least 2 per process")
     model = ImageNetSimSiam(args.arch, args.dim, args.pred_dim, args.pred_type, args.pred_location, args.sigma,
-                            guard=not args.no_rdm_guard)
+                            guard=args.rdm_guard)
     init_lr = args.lr * args.batch_size / 256  # infer learning rate before changing batch size
     if args.fix_pred_lr:
         params = [{"params": model.encoder.parameters(), "fix_lr": False},
@@ -54,13 +57,25 @@ def run(ctx, args):
                        print_freq=args.print_freq, ckpt_names=("checkpoint_{epoch:04d}.pth.tar",),
                        model_key="state_dict", model_prefix="module.", resume=args.resume,
                        max_steps_per_epoch=args.max_steps_per_epoch, desc="simsiam")
-    train(wrapped, optimizer, loader, cfg, ctx, before_step=before_step, after_step=monitor.after_step,
-          end_epoch=monitor.end_epoch, extra_state=lambda epoch: {"arch": args.arch})
+    with guard_hint(args.pred_type != "mlp" and not args.rdm_guard, "--rdm-guard"):
+        train(wrapped, optimizer, loader, cfg, ctx, before_step=before_step, after_step=monitor.after_step,
+              end_epoch=monitor.end_epoch, extra_state=lambda epoch: {"arch": args.arch})
+
+
+def check_args(args) -> None:
+    """One-line errors for values the original would take and then do nothing (or loop) with."""
+    for flag, v in (("--epochs", args.epochs), ("--start-epoch", args.start_epoch)):
+        if v < 0:
+            raise UserError(f"{flag} must be non-negative, got {v}")
+    if args.max_steps_per_epoch is not None and args.max_steps_per_epoch < 1:
+        raise UserError(f"--max-steps-per-epoch must be at least 1, got {args.max_steps_per_epoch}")
 
 
 @cli_main
 def main(argv=None):
     args = simsiam_parser().parse_args(argv)
+    check_args(args)
+    os.makedirs(args.output_dir, exist_ok=True)  # an unusable output path is a one-line error, before launch
     dist.launch_from_args(run, args)
 
 

@@ -112,7 +112,7 @@ def test_simsiam_parser_defaults():
     assert (a.print_freq, a.resume, a.world_size, a.rank, a.dist_url, a.dist_backend, a.seed, a.gpu) == \
         (10, "", -1, -1, "tcp://224.66.41.62:23456", "nccl", None, None)
     assert (a.multiprocessing_distributed, a.dim, a.pred_dim, a.fix_pred_lr) == (False, 2048, 512, False)
-    assert (a.pred_type, a.pred_location, a.sigma, a.no_rdm_guard) == ("mlp", "online", 0.0, False)
+    assert (a.pred_type, a.pred_location, a.sigma, a.rdm_guard) == ("mlp", "online", 0.0, False)
     with pytest.raises(SystemExit):
         simsiam_parser().parse_args(["DIR", "--pred-type", "cubic"])
 

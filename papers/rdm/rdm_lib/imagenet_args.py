@@ -1,5 +1,5 @@
 """Argument surfaces of ``imagenet/main_simsiam.py`` and ``imagenet/main_lincls.py`` (spec §3a, §3c): every
-flag and default of the originals, plus ours (``--no-rdm-guard``, ``--output-dir``, ``--image-size``,
+flag and default of the originals, plus ours (``--rdm-guard``, ``--output-dir``, ``--image-size``,
 ``--max-steps-per-epoch``)."""
 import argparse
 
@@ -34,8 +34,12 @@ def simsiam_parser():
     p.add_argument("--pred-location", default="online", type=str, choices=PRED_LOCATIONS)
     p.add_argument("--sigma", default=0.0, type=float, help="exponentiation of the poly filter")
     # ours
-    p.add_argument("--no-rdm-guard", action="store_true",
-                   help="disable the zero-singular-value guard (reproduce the original filter exactly)")
+    p.add_argument("--rdm-guard", dest="rdm_guard", action="store_true",
+                   help="(ours) zero-singular-value guard: drop round-off singular directions where the filter is "
+                        "unbounded at 0 (log, negative powers); off = the original formula, which gives inf/NaN "
+                        "there")
+    p.add_argument("--no-rdm-guard", dest="rdm_guard", action="store_false",
+                   help="(ours) the original filter without guard: the default; kept for older commands")
     p.add_argument("--output-dir", default=".", help="where checkpoint_XXXX.pth.tar, log.txt, spectra.png go")
     p.add_argument("--image-size", default=224, type=int, help="crop size (224 as the original)")
     p.add_argument("--max-steps-per-epoch", default=None, type=int, help="cap steps per epoch (quick runs)")

@@ -36,7 +36,7 @@ def byol_loss(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
 
 
 def rdm_solo_filtered(p: torch.Tensor, z: torch.Tensor, pred_type: str, pred_location: str, sigma: float,
-                      guard: bool = True):
+                      guard: bool = False):
     """Gather p and z over ranks (backward sums, so DDP's mean gives the global-batch gradient), then apply
     the solo-learn spectral filter. Returns the filtered ``(p', z')`` on the global batch."""
     z, p = dist.all_gather_grad(z), dist.all_gather_grad(p)
@@ -44,14 +44,14 @@ def rdm_solo_filtered(p: torch.Tensor, z: torch.Tensor, pred_type: str, pred_loc
 
 
 def rdm_solo_loss(p: torch.Tensor, z: torch.Tensor, pred_type: str, pred_location: str, sigma: float,
-                  base: str = "simsiam", guard: bool = True) -> torch.Tensor:
+                  base: str = "simsiam", guard: bool = False) -> torch.Tensor:
     """``RDMSimSiam.loss`` / ``RDMBYOL.loss`` (``base`` = simsiam or byol)."""
     p2, z2 = rdm_solo_filtered(p, z, pred_type, pred_location, sigma, guard)
     return BASE_LOSSES[base](p2, z2)
 
 
 def imagenet_cos_term(p: torch.Tensor, z: torch.Tensor, pred_type: str = "mlp", pred_location: str = "online",
-                      sigma: float = 0.0, guard: bool = True, return_outputs: bool = False):
+                      sigma: float = 0.0, guard: bool = False, return_outputs: bool = False):
     """``loss_function(p, z)`` of the ImageNet script: the *positive* mean cosine similarity."""
     if pred_type != "mlp":
         z, p = dist.all_gather_grad(z), dist.all_gather_grad(p)
@@ -61,7 +61,7 @@ def imagenet_cos_term(p: torch.Tensor, z: torch.Tensor, pred_type: str = "mlp", 
 
 
 def imagenet_simsiam_loss(p1, p2, z1, z2, pred_type: str = "mlp", pred_location: str = "online",
-                          sigma: float = 0.0, guard: bool = True) -> torch.Tensor:
+                          sigma: float = 0.0, guard: bool = False) -> torch.Tensor:
     """``-(loss_function(p1, z2) + loss_function(p2, z1)) * 0.5``."""
     return -(imagenet_cos_term(p1, z2, pred_type, pred_location, sigma, guard)
              + imagenet_cos_term(p2, z1, pred_type, pred_location, sigma, guard)) * 0.5

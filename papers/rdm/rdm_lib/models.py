@@ -73,7 +73,7 @@ class ImageNetSimSiam(SimSiam):
     ``predictor.*``)."""
 
     def __init__(self, arch="resnet50", dim=2048, pred_dim=512, pred_type="mlp", pred_location="online",
-                 sigma=0.0, guard=True):
+                 sigma=0.0, guard=False):
         super().__init__(arch, dim, pred_dim, pred_type)
         self.pred_type, self.pred_location, self.sigma, self.guard = pred_type, pred_location, sigma, guard
         self.last_outputs: Optional[Tuple[torch.Tensor, torch.Tensor]] = None

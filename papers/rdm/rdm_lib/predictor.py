@@ -15,25 +15,29 @@ ImageNet variant (``imagenet/main_simsiam.py`` ``loss_function``)
     online: ``p <- p @ V diag(f(s_p)) V^T``
     target: ``z <- z @ V_p diag(s_p ** sigma) V_p^T``             (the *other view's online* spectrum)
 
-The filter is built in fp32 under ``no_grad``; gradients flow into ``p`` through a constant matrix.
+Precision: the solo-learn filter is built in fp32 with autocast off (the original casts p to
+``torch.cuda.FloatTensor``) and cast back to the dtype of the tensor it multiplies; the ImageNet filter has no
+casts, as the original: it is built in the input's dtype. Both run under ``no_grad``; gradients flow into ``p``
+through a constant matrix.
 
-Zero-singular-value guard (not in the original; ``guard=False`` reproduces it exactly). The original has no
-protection where ``f`` is singular at 0 (``log``, negative exponents): a numerically-zero singular value
-gives ``-inf``/``inf`` or a huge weight, and ``eigh`` may return tiny negative eigenvalues whose square root is
-NaN. With ``guard=True`` (default):
+Zero-singular-value guard: OFF by default (``guard=False`` is the original formula, bit for bit); opt-in with
+``--rdm-guard`` (ImageNet) / ``--rdm_guard`` (solo). The original has no protection where ``f`` is singular
+at 0 (``log``, negative exponents): a numerically-zero singular value gives ``-inf``/``inf`` or a huge weight,
+and ``eigh`` may return tiny negative eigenvalues whose square root is NaN. When it matters: a batch-centred
+output (SimSiam's output BN) with N < D has rank <= N - 1, so one singular value is round-off at *every* step;
+then ``log`` gives ``-inf`` (a NaN loss), negative powers give a huge weight to a round-off direction, and
+``1 + sigma <= 0`` in the solo target gives that direction full weight (``0^0 = 1``). With ``guard=True``:
 
 * eigenvalues of ``p^T p`` are clamped at 0 before the square root (eigh branch);
 * when the map is singular at 0 (``log``; ``poly`` with a negative exponent: ``sigma`` online and for the
   ImageNet target), singular values ``s <= tol`` are treated as exactly zero and their direction gets
   weight 0 (dropped from the filter);
-* the solo target is replaced by ``U diag(s^(1+sigma)) V^T`` itself, so for ``1 + sigma <= 0`` (the README's
-  ``poly target -1``) a numerically-zero singular value would turn its arbitrary, round-off-determined
-  singular pair into a full-weight direction (``0^0 = 1``); such directions are dropped the same way. This
-  happens at every step of SimSiam with N < D, whose output BN centres the batch (rank <= N - 1). ``tol = s_max * max(N, D) * eps32``
-  for an SVD, ``s_max * sqrt(D * eps32)`` for the eigh branch (error of ``eigh`` on ``p^T p``).
+* the solo target ``U diag(s^(1+sigma)) V^T`` with ``1 + sigma <= 0`` drops such directions the same way.
 
-Where every singular value is above ``tol`` (and no eigenvalue is negative) the guard selects the original
-values with ``torch.where``, so the output is bit-identical to the unguarded filter.
+``tol = s_max * max(N, D) * eps`` for an SVD, ``s_max * sqrt(D * eps)`` for the eigh branch (error of
+``eigh`` on ``p^T p``), ``eps`` of the dtype the filter is built in. Where every singular value is above
+``tol`` (and no eigenvalue is negative) the guard selects the original values with ``torch.where``, so the
+output is bit-identical to the unguarded filter.
 """
 from __future__ import annotations
 
@@ -49,7 +53,8 @@ EPS32 = torch.finfo(torch.float32).eps
 
 
 def fp32_filter(fn):
-    """Run a filter builder in fp32 with autocast off (the original does the SVD in fp32 under AMP)."""
+    """Run a filter builder with autocast off and under ``no_grad`` (the solo builders then cast to fp32, as
+    the original does under AMP; the ImageNet ones keep the input dtype)."""
     @functools.wraps(fn)
     def wrapper(x, *args, **kwargs):
         ctx = torch.autocast("cuda", enabled=False) if x.is_cuda else contextlib.nullcontext()
@@ -93,20 +98,23 @@ def _guarded(values: torch.Tensor, s: torch.Tensor, tol: torch.Tensor, active: b
     return torch.where(s > tol, values, torch.zeros_like(values))
 
 
+def _eps(s: torch.Tensor) -> float:
+    return torch.finfo(s.dtype).eps if s.is_floating_point() else EPS32
+
+
 def svd_tol(s: torch.Tensor, n: int, d: int) -> torch.Tensor:
-    return s.max() * max(n, d) * EPS32
+    return s.max() * max(n, d) * _eps(s)
 
 
 def eigh_tol(s: torch.Tensor, d: int) -> torch.Tensor:
-    return s.max() * (d * EPS32) ** 0.5
+    return s.max() * (d * _eps(s)) ** 0.5
 
 
 @fp32_filter
-def imagenet_basis(p: torch.Tensor, guard: bool = True) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def imagenet_basis(p: torch.Tensor, guard: bool = False) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Spectrum of the online batch as in ``imagenet/main_simsiam.py``: ``(s, V, tol)`` with V's columns the
     right singular vectors. N < D: thin SVD of p (V is D x N); else eigh of ``p^T p`` (ascending, V is D x D)
-    and ``s = sqrt(eigenvalues)`` (clamped at 0 when guarded)."""
-    p = p.float()
+    and ``s = sqrt(eigenvalues)`` (clamped at 0 when guarded). In p's own dtype (the original has no casts)."""
     b, d = p.shape
     if b < d:
         _, s, vh = torch.linalg.svd(p, full_matrices=False)
@@ -119,7 +127,7 @@ def imagenet_basis(p: torch.Tensor, guard: bool = True) -> Tuple[torch.Tensor, t
 
 
 @fp32_filter
-def online_filter_solo(p: torch.Tensor, pred_type: str, sigma: float, guard: bool = True) -> torch.Tensor:
+def online_filter_solo(p: torch.Tensor, pred_type: str, sigma: float, guard: bool = False) -> torch.Tensor:
     """solo-learn online filter ``W = V diag(f(s)) V^T`` (D x D, fp32) from the thin SVD of p."""
     p = p.float()
     _, s, vh = torch.linalg.svd(p, full_matrices=False)
@@ -129,7 +137,7 @@ def online_filter_solo(p: torch.Tensor, pred_type: str, sigma: float, guard: boo
 
 
 @fp32_filter
-def target_transform_solo(z: torch.Tensor, sigma: float, guard: bool = True) -> torch.Tensor:
+def target_transform_solo(z: torch.Tensor, sigma: float, guard: bool = False) -> torch.Tensor:
     """solo-learn target map: ``U diag(s ** (1 + sigma)) V^T`` from z's own thin SVD (fp32)."""
     z = z.float()
     u, s, vh = torch.linalg.svd(z, full_matrices=False)
@@ -139,7 +147,7 @@ def target_transform_solo(z: torch.Tensor, sigma: float, guard: bool = True) -> 
 
 
 @fp32_filter
-def online_filter_imagenet(p: torch.Tensor, pred_type: str, sigma: float, guard: bool = True) -> torch.Tensor:
+def online_filter_imagenet(p: torch.Tensor, pred_type: str, sigma: float, guard: bool = False) -> torch.Tensor:
     """ImageNet online filter ``W = V diag(f(s)) V^T`` with the basis of :func:`imagenet_basis`."""
     s, v, tol = imagenet_basis(p, guard)
     f = _guarded(spectral_map(s, pred_type, sigma), s, tol, guard and singular_at_zero(pred_type, sigma))
@@ -147,7 +155,7 @@ def online_filter_imagenet(p: torch.Tensor, pred_type: str, sigma: float, guard:
 
 
 @fp32_filter
-def target_filter_imagenet(p: torch.Tensor, sigma: float, guard: bool = True) -> torch.Tensor:
+def target_filter_imagenet(p: torch.Tensor, sigma: float, guard: bool = False) -> torch.Tensor:
     """ImageNet target filter ``W = V_p diag(s_p ** sigma) V_p^T`` (applied as ``z @ W``); pred_type ignored."""
     s, v, tol = imagenet_basis(p, guard)
     f = _guarded(s.pow(sigma), s, tol, guard and singular_at_zero("poly", sigma))
@@ -155,7 +163,7 @@ def target_filter_imagenet(p: torch.Tensor, sigma: float, guard: bool = True) ->
 
 
 def apply_solo(p: torch.Tensor, z: torch.Tensor, pred_type: str, pred_location: str, sigma: float,
-               guard: bool = True) -> Tuple[torch.Tensor, torch.Tensor]:
+               guard: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
     """solo-learn ``loss(p, z)`` before the base loss: returns ``(p', z')`` for already-gathered p, z.
 
     online: ``p' = p @ W.detach()`` (gradient into p through a constant W), ``z' = z``;
@@ -170,12 +178,13 @@ def apply_solo(p: torch.Tensor, z: torch.Tensor, pred_type: str, pred_location: 
 
 
 def apply_imagenet(p: torch.Tensor, z: torch.Tensor, pred_type: str, pred_location: str, sigma: float,
-                   guard: bool = True) -> Tuple[torch.Tensor, torch.Tensor]:
-    """ImageNet ``loss_function`` before the cosine: ``(p @ W, z)`` online, ``(p, z @ W_p)`` target."""
+                   guard: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
+    """ImageNet ``loss_function`` before the cosine: ``(p @ W, z)`` online, ``(p, z @ W_p)`` target, in the
+    inputs' dtype. ``z`` is detached here; the original relies on its builder having returned ``z.detach()``."""
     if pred_location == "online":
         w = online_filter_imagenet(p, pred_type, sigma, guard)
-        return p @ w.to(p.dtype), z
+        return p @ w, z
     if pred_location == "target":
         w = target_filter_imagenet(p, sigma, guard)
-        return p, (z.detach().float() @ w).to(z.dtype)
+        return p, z.detach() @ w
     raise ValueError(f"unknown pred_location {pred_location!r}")

@@ -1,5 +1,5 @@
 """Argument surface of solo-learn's ``main_pretrain.py`` / ``main_linear.py`` as used by the RDM scripts
-(spec §4b-4d), plus ``--no_rdm_guard`` and ``--max_steps_per_epoch`` (ours). Parsed flags become a plain
+(spec §4b-4d), plus ``--rdm_guard`` and ``--max_steps_per_epoch`` (ours). Parsed flags become a plain
 dict via :func:`pretrain_config`."""
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "stl10": 10, "imagenet": 1000, "i
 # per-method defaults of the solo parsers (proj_output_dim, proj_hidden_dim, pred_hidden_dim)
 METHOD_DEFAULTS = {"simsiam": (128, 2048, 512), "rdmsimsiam": (128, 2048, None),
                    "byol": (256, 2048, 512), "rdmbyol": (256, 2048, None)}
-SCHEDULERS = ("reduce", "cosine", "warmup_cosine", "step", "exponential", "none")
-SUPPORTED_SCHEDULERS = ("cosine", "warmup_cosine", "step", "none")
+SCHEDULERS = ("reduce", "warmup_cosine", "step", "exponential", "none")  # solo BaseMethod._SCHEDULERS
+SUPPORTED_SCHEDULERS = ("warmup_cosine", "step", "none")  # the others raise ValueError in configure_optimizers
 
 
 def str2bool(v):
@@ -124,8 +124,12 @@ def pretrain_parser() -> argparse.ArgumentParser:
     p.add_argument("--pred_type", default="poly", choices=PRED_TYPES, help="rdm* only")
     p.add_argument("--pred_location", default="online", choices=PRED_LOCATIONS, help="rdm* only")
     p.add_argument("--sigma", type=float, default=1.0, help="rdm* only: power of the power filter")
-    p.add_argument("--no_rdm_guard", action="store_true",
-                   help="(ours) disable the zero-singular-value guard: the original filter exactly")
+    p.add_argument("--rdm_guard", dest="rdm_guard", action="store_true",
+                   help="(ours) zero-singular-value guard: drop round-off singular directions where the filter is "
+                        "unbounded at 0 (log, negative powers, 1 + sigma <= 0 in target mode); off = the original "
+                        "formula, which gives inf/NaN there")
+    p.add_argument("--no_rdm_guard", dest="rdm_guard", action="store_false",
+                   help="(ours) the original filter without guard: the default; kept for older commands")
     p.add_argument("--base_tau_momentum", type=float, default=0.99)
     p.add_argument("--final_tau_momentum", type=float, default=1.0)
     p.add_argument("--momentum_classifier", action="store_true")
@@ -163,11 +167,11 @@ def pretrain_config(args) -> Dict:
     if sum(args.num_crops_per_aug) != 2:
         raise UserError("these methods use exactly 2 crops (e.g. --num_crops_per_aug 1 1 or 2)")
     if args.scheduler not in SUPPORTED_SCHEDULERS:
-        raise UserError(f"--scheduler {args.scheduler} is not implemented here "
-                        f"(choose one of {', '.join(SUPPORTED_SCHEDULERS)})")
+        raise UserError(f"--scheduler {args.scheduler} stops the original too (solo's configure_optimizers "
+                        f"raises ValueError for it): choose one of {', '.join(SUPPORTED_SCHEDULERS)}")
     if args.scheduler == "step" and not args.lr_decay_steps:
         raise UserError("--scheduler step needs --lr_decay_steps")
     if args.batch_size < 2:
         raise UserError("--batch_size must be at least 2 (batch statistics)")
-    cfg["guard"] = not args.no_rdm_guard
+    cfg["guard"] = args.rdm_guard
     return cfg

@@ -1,7 +1,7 @@
 """Optimizer and per-group lr schedule of solo-learn's ``BaseMethod.configure_optimizers`` (spec §4c)."""
 import torch
 
-from core.optim import LARS, cosine_epoch_lr, step_lr, warmup_cosine
+from core.optim import LARS, step_lr, warmup_cosine
 
 AMP = {"16": "fp16", "16-mixed": "fp16", "bf16": "bf16", "bf16-mixed": "bf16", "32": "off"}
 
@@ -25,8 +25,6 @@ def group_lr(cfg, base: float, step: int, total: int, steps_per_epoch: int) -> f
     if sched == "warmup_cosine":  # pl_bolts LinearWarmupCosineAnnealingLR, stepped every step
         return warmup_cosine(step, total, cfg["warmup_epochs"] * steps_per_epoch, base,
                              cfg["warmup_start_lr"], cfg["min_lr"])
-    if sched == "cosine":  # CosineAnnealingLR(max_epochs, eta_min=min_lr), per epoch
-        return cfg["min_lr"] + (cosine_epoch_lr(base - cfg["min_lr"], epoch, cfg["max_epochs"]))
     if sched == "step":
         return step_lr(base, epoch, cfg["lr_decay_steps"], 0.1)
     return base
