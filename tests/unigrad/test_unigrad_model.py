@@ -122,7 +122,7 @@ def test_cutmix_gradient(monkeypatch):
 
     def mix(x, perm, alpha):
         out, a = orig_mix(x, perm, alpha)
-        mixes.append((perm.clone(), a))
+        mixes.append((perm.clone(), float(a)))
         return out, a
 
     monkeypatch.setattr(grads, "normalize", recording)

@@ -12,7 +12,7 @@ Every form has the unified structure  g = -(positive) + lambda * (weighted sum o
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as Fn
@@ -92,11 +92,14 @@ def directpred_matrices(F: torch.Tensor, eps: float):
 
 
 @torch.no_grad()
-def directpred_grad(u: torch.Tensor, pos: torch.Tensor, F: torch.Tensor, eps: float) -> torch.Tensor:
+def directpred_grad(u: torch.Tensor, pos: torch.Tensor, F: torch.Tensor, eps: float,
+                    matrices: Optional[Tuple[torch.Tensor, torch.Tensor]] = None) -> torch.Tensor:
     """Asymmetric networks (BYOL/SimSiam with the DirectPred predictor), row-vector form of the original:
     g = (-pos W_p + lambda_i u A) / ||u W_p||, lambda_i = <u W_p, pos> / (u A u^T).
-    With eps = 0 (A = W_p^T W_p) this is exactly d/du of -cos(u W_p, pos)."""
-    W_p, A = directpred_matrices(F, eps)
+    With eps = 0 (A = W_p^T W_p) this is exactly d/du of -cos(u W_p, pos).
+    ``matrices``: ``directpred_matrices(F, eps)`` computed once per step for both views (one SVD of F per
+    step, as the original ``loss_byol_directpred_grad``)."""
+    W_p, A = matrices if matrices is not None else directpred_matrices(F, eps)
     uf, pf = _f32(u), _f32(pos)
     W_p, A = W_p.to(uf.dtype), A.to(uf.dtype)
     uw = uf @ W_p

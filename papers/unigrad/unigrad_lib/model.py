@@ -11,8 +11,10 @@ from typing import Dict, Tuple
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as Fn
 
 from core import dist
+from core.losses import align_loss, uniform_loss
 from core.errors import UserError
 from unigrad_lib import grads
 from unigrad_lib.config import uses_momentum_encoder
@@ -43,26 +45,40 @@ def prediction_mlp(dim: int, hidden_dim: int) -> nn.Sequential:
                          nn.ReLU(inplace=True), nn.Linear(hidden_dim, dim))
 
 
-def rand_bbox(h: int, w: int, lam: float) -> Tuple[int, int, int, int]:
-    """CutMix box (Yun et al. 2019) of area ~ (1 - lam) * h * w, centre uniform, clipped to the image."""
-    cut = (1.0 - lam) ** 0.5
-    ch, cw = int(h * cut), int(w * cut)
-    cy = int(torch.randint(h, (1,)))
-    cx = int(torch.randint(w, (1,)))
-    y0, y1 = max(cy - ch // 2, 0), min(cy + ch // 2, h)
-    x0, x1 = max(cx - cw // 2, 0), min(cx + cw // 2, w)
-    return y0, y1, x0, x1
-
-
 def cutmix(x: torch.Tensor, perm: torch.Tensor, alpha: float):
-    """Paste a box of ``x[perm]`` into ``x``; returns the mixed batch and the kept area ratio ``a``.
-    Uses the global torch RNG (restored on resume)."""
-    lam = float(torch.distributions.Beta(alpha, alpha).sample()) if alpha > 0 else 0.5
-    y0, y1, x0, x1 = rand_bbox(x.shape[2], x.shape[3], lam)
-    out = x.clone()
-    out[:, :, y0:y1, x0:x1] = x[perm][:, :, y0:y1, x0:x1]
-    a = 1.0 - (y1 - y0) * (x1 - x0) / float(x.shape[2] * x.shape[3])
+    """Paste a box of ``x[perm]`` into ``x`` (CutMix, Yun et al. 2019); returns the mixed batch and the kept
+    area ratio ``a`` (a 0-d tensor). The box has area ~ (1 - lam) h w with lam ~ Beta(alpha, alpha)
+    (0.5 for alpha = 0), side ``int(h sqrt(1 - lam))``, centre uniform, clipped to the image. Everything is
+    drawn and computed on ``x``'s device (its RNG, restored on resume): no host read per step."""
+    h, w = x.shape[2], x.shape[3]
+    dev = x.device
+    if alpha > 0:
+        a_t = torch.full((), float(alpha), device=dev)  # a fill, not a host-to-device copy
+        lam = torch.distributions.Beta(a_t, a_t, validate_args=False).sample()
+    else:
+        lam = torch.full((), 0.5, device=dev)
+    cut = (1.0 - lam).sqrt()
+    ch, cw = torch.floor(h * cut).long(), torch.floor(w * cut).long()
+    cy = torch.randint(h, (), device=dev)
+    cx = torch.randint(w, (), device=dev)
+    y0, y1 = (cy - ch // 2).clamp(min=0), (cy + ch // 2).clamp(max=h)
+    x0, x1 = (cx - cw // 2).clamp(min=0), (cx + cw // 2).clamp(max=w)
+    ys, xs = torch.arange(h, device=dev), torch.arange(w, device=dev)
+    box = ((ys >= y0) & (ys < y1))[:, None] & ((xs >= x0) & (xs < x1))[None, :]  # rows y0..y1-1, cols x0..x1-1
+    out = torch.where(box, x[perm], x)
+    ftype = x.dtype if x.is_floating_point() else torch.float32
+    a = 1.0 - box.sum().to(ftype) / float(h * w)
     return out, a
+
+
+@torch.no_grad()
+def effective_rank(z: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """Roy & Vetterli effective rank ``exp(-sum p log p)``, ``p = s / ||s||_1`` over the singular values of the
+    centred ``z`` (float64 on ``z``'s device; ``xlogy`` gives 0 for p = 0, as core's filter of p > 0)."""
+    zd = z.detach().double()
+    s = torch.linalg.svdvals(zd - zd.mean(0, keepdim=True))
+    p = s / s.sum().clamp_min(eps)
+    return torch.exp(-torch.special.xlogy(p, p).sum())
 
 
 class SiameseNet(nn.Module):
@@ -122,8 +138,9 @@ class SiameseNet(nn.Module):
     def update_F(self, m1: torch.Tensor, m2: torch.Tensor) -> torch.Tensor:
         """EMA of the all-reduced batch correlation of the targets of both views (kept in fp32)."""
         F_hat = grads.batch_correlation(m1, m2)
-        prev = self.F if int(self.F_count) > 0 else None
-        self.F.copy_(grads.ema_correlation(prev, F_hat, float(self.cfg["rho"])))
+        ema = grads.ema_correlation(self.F, F_hat, float(self.cfg["rho"]))
+        # F <- F_hat at the first step: selected on the device, no read of F_count
+        self.F.copy_(torch.where(self.F_count > 0, ema, F_hat))
         self.F_count += 1
         return self.F
 
@@ -136,10 +153,9 @@ class SiameseNet(nn.Module):
             self.queue.copy_(keys[-K:])
             self.queue_ptr.zero_()
             return
-        ptr = int(self.queue_ptr)
-        idx = (torch.arange(n, device=keys.device) + ptr) % K
-        self.queue[idx] = keys
-        self.queue_ptr.fill_((ptr + n) % K)
+        idx = (torch.arange(n, device=keys.device) + self.queue_ptr) % K  # pointer stays on the device
+        self.queue.index_copy_(0, idx, keys)
+        self.queue_ptr.copy_((self.queue_ptr + n) % K)
 
     # ------------------------------------------------------------------------------------------ forward
     def forward(self, batch) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
@@ -156,19 +172,19 @@ class SiameseNet(nn.Module):
             self._diag = self.diagnostics(u1, u2)
         logs.update(self._diag)  # the last computed values are logged every step (epoch means stay fair)
         if self.use_mm:
-            logs["mm"] = torch.tensor(self.mm, device=loss.device)
+            logs["mm"] = float(self.mm)  # a host number: the engine logs it without a device copy
         return loss, logs
 
     @staticmethod
     @torch.no_grad()
     def diagnostics(u1: torch.Tensor, u2: torch.Tensor) -> Dict[str, torch.Tensor]:
-        """Collapse diagnostics of the normalised online embeddings of this rank's batch (core.eval)."""
-        from core.eval import diagnostics as D
+        """Collapse diagnostics of the normalised online embeddings of this rank's batch, the definitions of
+        :mod:`core.eval.diagnostics` computed as device tensors (no host read in the training step)."""
         a, b = u1.detach().float(), u2.detach().float()
         both = torch.cat([a, b])
-        vals = {"eff_rank": D.effective_rank(both), "align": D.alignment(a, b), "uniform": D.uniformity(both),
-                "view_sim": D.positive_similarity(a, b)}
-        return {k: torch.tensor(v, device=u1.device) for k, v in vals.items()}  # logs live on one device
+        na, nb, nboth = Fn.normalize(a, dim=1), Fn.normalize(b, dim=1), Fn.normalize(both, dim=1)
+        return {"eff_rank": effective_rank(both), "align": align_loss(na, nb, 2), "uniform": uniform_loss(nboth, 2),
+                "view_sim": Fn.cosine_similarity(a, b, dim=1).mean()}
 
     def _targets(self, x1, x2, z1, z2):
         if self.use_mm:
@@ -200,7 +216,9 @@ class SiameseNet(nn.Module):
             g1, g2 = grads.unigrad_grad(u1d, m2, F, c["lambd"]), grads.unigrad_grad(u2d, m1, F, c["lambd"])
         elif self.method in ("simsiam", "byol"):
             F = self.update_F(m1, m2)
-            g1, g2 = grads.directpred_grad(u1d, m2, F, c["eps"]), grads.directpred_grad(u2d, m1, F, c["eps"])
+            pred = grads.directpred_matrices(F, c["eps"])  # one SVD of F per step, shared by both views
+            g1 = grads.directpred_grad(u1d, m2, F, c["eps"], matrices=pred)
+            g2 = grads.directpred_grad(u2d, m1, F, c["eps"], matrices=pred)
         elif self.method == "simclr":
             keys = dist.concat_all_gather(torch.cat([m1, m2]))
             g1 = grads.contrastive_grad(u1d, m2, keys, c["moco_t"])
@@ -230,7 +248,7 @@ class SiameseNet(nn.Module):
         """UniGrad + CutMix: online inputs are CutMix-ed with a permutation of the local batch; the positive
         target is the area-weighted mix a m_i + (1 - a) m_perm(i) of the clean targets; F uses clean targets."""
         c = self.cfg
-        perm = torch.randperm(x1.shape[0]).to(x1.device)
+        perm = torch.randperm(x1.shape[0], device=x1.device)
         x1m, a1 = cutmix(x1, perm, float(c.get("cutmix_alpha", 1.0)))
         x2m, a2 = cutmix(x2, perm, float(c.get("cutmix_alpha", 1.0)))
         z1, z2 = self.online(x1m), self.online(x2m)
@@ -245,7 +263,7 @@ class SiameseNet(nn.Module):
             g1, g2 = grads.unigrad_grad(u1d, pos1, F, c["lambd"]), grads.unigrad_grad(u2d, pos2, F, c["lambd"])
         loss = grads.symmetric_surrogate(g1, _f32(u1), g2, _f32(u2))
         pos_sim = 0.5 * ((u1d * pos1).sum(1).mean() + (u2d * pos2).sum(1).mean())
-        area = torch.tensor(0.5 * (a1 + a2), device=u1.device)
+        area = 0.5 * (a1 + a2)
         return loss, {"pos_sim": pos_sim, "cutmix_area": area}, u1, u2
 
     def _original_loss(self, x1, x2):
