@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import sys
 from typing import Dict
 
 import torch
@@ -21,11 +22,20 @@ from core import dist
 from core.augment import eval_transform, linear_train_transform
 from core.backbones import build_backbone
 from core.data import build_dataset, build_loader
-from core.engine import load_checkpoint
+from core.engine import load_checkpoint, setup_run
 from core.errors import UserError, cli_main
 from core.eval import LinearEvalConfig, freeze_all_but, init_linear_head, run_linear_eval
+from core.flags import check_flags
 from core.optim import LARS, cosine_epoch_lr
-from unigrad_lib.launch import slurm_env
+from unigrad_lib.launch import per_rank_batch, slurm_env
+
+# Flags accepted with no effect (one warning line for a non-default value) / that cannot work here (one-line
+# error); README "Flag surface" lists the same entries.
+NO_EFFECT = {
+    "gpu": "the device is the process's LOCAL_RANK; the original also overwrites --gpu with LOCAL_RANK",
+    "local_rank": "LOCAL_RANK comes from the environment (torch.distributed.launch --use_env, as run_linear.sh)",
+}
+UNSUPPORTED: dict = {}
 
 # original encoder = nn.Sequential(conv1, bn1, relu, maxpool, layer1..4, avgpool, Flatten): index -> name
 SEQ_INDEX = {"0": "conv1", "1": "bn1", "4": "layer1", "5": "layer2", "6": "layer3", "7": "layer4"}
@@ -120,6 +130,28 @@ def load_pretrained(model: nn.Module, path: str) -> None:
     print(f"=> loaded pre-trained model '{path}'")
 
 
+def check_args(args) -> None:
+    """Numbers that cannot describe a run are one-line errors (the original trains 0 epochs or divides by 0)."""
+    for flag, value, low in (("--epochs", args.epochs, 0), ("--start-epoch", args.start_epoch, 0),
+                             ("--batch-size", args.batch_size, 1), ("--workers", args.workers, 0),
+                             ("--print-freq", args.print_freq, 1), ("--image-size", args.image_size, 1)):
+        if value < low:
+            raise UserError(f"{flag} must be >= {low}, got {value}")
+    for flag, value in (("--max-steps-per-epoch", args.max_steps_per_epoch), ("--num-samples", args.num_samples)):
+        if value is not None and value < 1:
+            raise UserError(f"{flag} must be a positive integer, got {value}")
+
+
+def start_epoch(args) -> int:
+    """``--start-epoch``, except that ``--pretrained`` resets it to 0 as the original does (``--resume`` then
+    sets it from the checkpoint)."""
+    if args.pretrained and args.start_epoch != 0:
+        print(f"warning: --start-epoch={args.start_epoch} is reset to 0 by --pretrained (as the original)",
+              file=sys.stderr, flush=True)
+        return 0
+    return args.start_epoch
+
+
 def main_worker(ctx: dist.DistContext, args) -> None:
     if args.seed is not None:
         random.seed(args.seed)
@@ -142,24 +174,24 @@ def main_worker(ctx: dist.DistContext, args) -> None:
         load_pretrained(model, args.pretrained)
         reference = {k: v.clone() for k, v in model.state_dict().items()}
     init_lr = args.lr * args.batch_size / 256
-    per_gpu = int(args.batch_size / W)
+    per_gpu = per_rank_batch(args.batch_size, ctx, "--batch-size")
     workers = int((args.workers + W - 1) / W)
-    if per_gpu < 1:
-        raise UserError(f"--batch-size {args.batch_size} is smaller than the {W} processes")
-    model = model.to(ctx.device)
-    wrapped = dist.wrap_ddp(model, ctx)
-    params = [p for p in model.parameters() if p.requires_grad]
-    assert len(params) == 2  # fc.weight, fc.bias
-    if args.lars:
-        optimizer = LARS(params, init_lr, momentum=args.momentum, weight_decay=args.weight_decay, eta=0.001,
-                         clip=False, mode="larc")
-    else:
-        optimizer = torch.optim.SGD(params, init_lr, momentum=args.momentum, weight_decay=args.weight_decay)
+
+    def make_optimizer(m: nn.Module):
+        params = [p for p in m.parameters() if p.requires_grad]
+        assert len(params) == 2  # fc.weight, fc.bias
+        if args.lars:
+            return LARS(params, init_lr, momentum=args.momentum, weight_decay=args.weight_decay, eta=0.001,
+                        clip=False, mode="larc")
+        return torch.optim.SGD(params, init_lr, momentum=args.momentum, weight_decay=args.weight_decay)
+
+    run = setup_run(ctx, model, make_optimizer=make_optimizer)  # device -> DDP (broadcast) -> optimizer
+    wrapped, optimizer = run.wrapped, run.optimizer
     train_loader = build_loader(train_set, per_gpu, shuffle=True, drop_last=False, num_workers=workers)
     val_loader = build_loader(val_set, 256, shuffle=False, drop_last=False, num_workers=workers,
                                 exact_eval=True)
     out_dir = os.path.dirname(args.save_name) or "."
-    cfg = LinearEvalConfig(epochs=args.epochs, output_dir=out_dir, arch=args.arch, start_epoch=args.start_epoch,
+    cfg = LinearEvalConfig(epochs=args.epochs, output_dir=out_dir, arch=args.arch, start_epoch=start_epoch(args),
                            print_freq=args.print_freq, ckpt_name=os.path.basename(args.save_name),
                            resume=args.resume, evaluate=args.evaluate,
                            max_steps_per_epoch=args.max_steps_per_epoch)
@@ -171,11 +203,18 @@ def main_worker(ctx: dist.DistContext, args) -> None:
 
 @cli_main
 def main(argv=None) -> None:
-    args = get_parser().parse_args(argv)
+    parser = get_parser()
+    args = parser.parse_args(argv)
+    check_args(args)
+    if int(os.environ.get("RANK", "0") or 0) == 0:
+        check_flags(args, parser, NO_EFFECT, UNSUPPORTED)
+    else:
+        check_flags(args, parser, {}, UNSUPPORTED)
     if args.slurm:
         slurm_env(args.port)
     if args.pretrained and not os.path.isfile(args.pretrained):
         raise UserError(f"no checkpoint found at '{args.pretrained}'")
+    os.makedirs(os.path.dirname(os.path.abspath(args.save_name)), exist_ok=True)  # a bad path: one error line
     dist.launch(main_worker, args, multiprocessing_distributed=args.multiprocessing_distributed,
                 world_size=args.world_size if args.world_size > 0 else 1, rank=max(args.rank, 0),
                 dist_url=args.dist_url, dist_backend=args.dist_backend)

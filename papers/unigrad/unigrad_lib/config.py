@@ -12,6 +12,7 @@ from typing import Dict, Iterable, Optional, Tuple
 import yaml
 
 from core.errors import UserError
+from core.optim.schedules import ema_momentum
 
 METHODS = ("moco", "simclr", "simsiam", "byol", "vicreg", "barlow_twins", "unigrad")
 FORMS = ("loss", "grad", "grad_mm")
@@ -66,7 +67,10 @@ DEFAULTS = {
     "diag_freq": None,  # collapse diagnostics every N steps; None = print_freq
     "knn_freq": None,  # kNN monitor every N epochs (and at the end); None/0 = off, as the original
     "amp": True,  # autocast + GradScaler on CUDA (always off on CPU)
+    "mm_schedule": "cos",  # EMA momentum schedule of the original adjust_mm: cos (used) | const
 }
+
+MM_SCHEDULES = ("cos", "const")
 
 REQUIRED = ("seed", "train_datadir", "test_datadir", "n_workers", "arch", "projector_hidden_dim",
             "projector_output_dim", "base_momentum", "base_lr", "whole_batch_size", "momentum", "weight_decay",
@@ -206,6 +210,8 @@ def check(cfg: Config) -> Config:
         raise UserError(f"'warmup_epochs' must be a number >= 0, got {w!r}")
     if cfg.cutmix and method != "unigrad":
         raise UserError("cutmix is implemented for the UniGrad forms only")
+    if cfg.mm_schedule not in MM_SCHEDULES:
+        raise UserError(f"mm_schedule must be one of {MM_SCHEDULES}, got {cfg.mm_schedule!r}")
     if cfg.get("launcher") not in (None, "pytorch", "slurm"):
         raise UserError(f"launcher must be 'pytorch' or 'slurm', got {cfg.launcher!r}")
     if cfg.work_dir is None:
@@ -214,6 +220,30 @@ def check(cfg: Config) -> Config:
     if cfg.diag_freq is None:
         cfg.diag_freq = cfg.print_freq
     return cfg
+
+
+def adjust_mm(base_mm: float, step: int, total_steps: int, schedule: str = "cos") -> float:
+    """EMA momentum at ``step`` (original ``Pretrainer.adjust_mm``): ``cos`` = 1 - (1 - base)(cos(pi step / T)
+    + 1) / 2 (what the original always runs), ``const`` = base at every step (its other branch)."""
+    if schedule == "cos":
+        return ema_momentum(base_mm, step, total_steps)
+    if schedule == "const":
+        return float(base_mm)
+    raise UserError(f"mm_schedule must be one of {MM_SCHEDULES}, got {schedule!r}")
+
+
+def surface_parser(parser=None):
+    """The config keys as options of an argparse parser (added to ``parser`` if given): the surface that the
+    scripts' ``NO_EFFECT`` / ``UNSUPPORTED`` lists and ``tests/flag_surface.py`` check. Defaults: the values of
+    the released configs for the keys no code reads, this file's DEFAULTS for the added keys, else None."""
+    import argparse
+
+    p = parser or argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("config keys (key=value)")
+    released = {"num_layers": 3, "test_freq": 10}
+    for k in dict.fromkeys(ORIGINAL_KEYS + tuple(DEFAULTS)):
+        g.add_argument(f"--{k}", dest=k, default=released.get(k, DEFAULTS.get(k)), help=argparse.SUPPRESS)
+    return p
 
 
 def uses_momentum_encoder(method: str, form: str) -> bool:

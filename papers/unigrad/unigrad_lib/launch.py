@@ -6,10 +6,22 @@
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import subprocess
 
+from core import dist
 from core.errors import UserError
+
+
+def per_rank_batch(total: int, ctx: dist.DistContext, what: str) -> int:
+    """``total // world_size``, as the originals' ``int(batch / world_size)``; the not-divisible warning of
+    :func:`core.dist.per_process_batch` comes once, from the main rank (every rank gets the error for 0)."""
+    if ctx.is_main:
+        return dist.per_process_batch(total, ctx.world_size, what)
+    with contextlib.redirect_stderr(io.StringIO()):
+        return dist.per_process_batch(total, ctx.world_size, what)
 
 
 def slurm_env(port: int) -> None:
