@@ -187,6 +187,26 @@ def _worker(local_rank: int, fn: Callable, args, node_rank: int, nprocs: int, wo
             dist_url: str, backend: Optional[str], gpus) -> None:
     """Entry of a spawned process: its global rank is ``node_rank * nprocs + local_rank``."""
     _run(fn, args, node_rank * nprocs + local_rank, local_rank, world_size, dist_url, backend, gpus)
+    exit_spawned_worker()
+
+
+def exit_spawned_worker(code: int = 0) -> None:
+    """End a spawned worker that finished cleanly, without interpreter teardown.
+
+    After ``destroy_process_group`` gloo's transport threads can still be alive while C++ static objects are
+    destroyed at interpreter exit; the process then aborts ("terminate called without an active exception",
+    SIGABRT) although its work is done, and ``torch.multiprocessing.spawn`` reports a failure. A worker that has
+    returned has nothing left to run at exit (its results are on disk, logs flushed here), so it leaves with
+    ``os._exit``. Errors still propagate normally, before this is reached.
+    """
+    import sys as _sys
+
+    for stream in (_sys.stdout, _sys.stderr):
+        try:
+            stream.flush()
+        except Exception:
+            pass
+    os._exit(code)
 
 
 def launch(fn: Callable[[DistContext, object], None], args, *, multiprocessing_distributed: bool = False,
@@ -208,7 +228,7 @@ def launch(fn: Callable[[DistContext, object], None], args, *, multiprocessing_d
             os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
             os.environ.setdefault("MASTER_PORT", str(free_port()))
         if total == 1:
-            _worker(0, fn, args, rank, 1, 1, dist_url, dist_backend, gpus)
+            _run(fn, args, rank, 0, 1, dist_url, dist_backend, gpus)  # in this process: no spawn, no exit
         else:
             torch.multiprocessing.spawn(_worker, nprocs=nprocs,
                                         args=(fn, args, rank, nprocs, total, dist_url, dist_backend, gpus))

@@ -18,6 +18,9 @@ def _entry(rank: int, fn: Callable, world_size: int, port: int, folder: str, arg
         torch.save(out, os.path.join(folder, f"{rank}.pt"))
     finally:
         tdist.destroy_process_group()
+    from core.dist import exit_spawned_worker
+
+    exit_spawned_worker()  # see its docstring: no interpreter teardown with gloo threads alive
 
 
 def run_ranks(fn: Callable[..., Any], world_size: int = 2, *args) -> List[Any]:
