@@ -14,7 +14,7 @@ import torch
 from core import dist
 from core.augment import eval_transform, linear_train_transform
 from core.data import build_dataset, build_loader, seed_everything
-from core.engine import load_checkpoint, prepare_model
+from core.engine import load_checkpoint, setup_run
 from core.errors import UserError, cli_main
 from core.eval import LinearEvalConfig, freeze_all_but, init_linear_head, run_linear_eval
 from core.optim import LARS, cosine_epoch_lr
@@ -50,31 +50,36 @@ def run(ctx, args):
     model = imagenet_encoder(args.arch)
     freeze_all_but(model, ("fc.weight", "fc.bias"))
     init_linear_head(model.fc)
+    start_epoch = args.start_epoch
     if args.pretrained:
         load_pretrained(model, args.pretrained)
+        start_epoch = 0  # the original sets args.start_epoch = 0 after loading the pre-trained weights
     reference = copy.deepcopy(model.state_dict()) if args.pretrained else None
     init_lr = args.lr * args.batch_size / 256
-    parameters = [p for p in model.parameters() if p.requires_grad]
-    assert len(parameters) == 2  # fc.weight, fc.bias
-    if args.lars:
-        optimizer = LARS(parameters, init_lr, momentum=args.momentum, weight_decay=args.weight_decay,
-                         eta=0.001, clip=False, mode="larc")
-    else:
-        optimizer = torch.optim.SGD(parameters, init_lr, momentum=args.momentum, weight_decay=args.weight_decay)
-    inner, wrapped = prepare_model(model, ctx, sync_bn=False)
+
+    def make_optimizer(m):
+        parameters = [p for p in m.parameters() if p.requires_grad]
+        assert len(parameters) == 2  # fc.weight, fc.bias
+        if args.lars:
+            return LARS(parameters, init_lr, momentum=args.momentum, weight_decay=args.weight_decay,
+                        eta=0.001, clip=False, mode="larc")
+        return torch.optim.SGD(parameters, init_lr, momentum=args.momentum, weight_decay=args.weight_decay)
+
+    setup = setup_run(ctx, model, make_optimizer=make_optimizer, sync_bn=False)
+    wrapped, optimizer = setup.wrapped, setup.optimizer
 
     nprocs = max(1, ctx.world_size // max(1, args.world_size if args.world_size > 0 else 1))
-    batch = args.batch_size // nprocs if args.multiprocessing_distributed else args.batch_size
+    batch = dist.per_process_batch(args.batch_size, nprocs) if args.multiprocessing_distributed else args.batch_size
     workers = (args.workers + nprocs - 1) // nprocs if args.multiprocessing_distributed else args.workers
     train_ds = build_dataset(args.data, "train", linear_train_transform(args.image_size),
                              image_size=args.image_size)
     val_ds = build_dataset(args.data, "val", eval_transform(args.image_size), image_size=args.image_size)
-    train_loader = build_loader(train_ds, max(1, batch), shuffle=True, drop_last=False, num_workers=workers,
+    train_loader = build_loader(train_ds, batch, shuffle=True, drop_last=False, num_workers=workers,
                                 seed=args.seed or 0)
     val_loader = build_loader(val_ds, 256, shuffle=False, drop_last=False, num_workers=workers,
                               exact_eval=True)
     cfg = LinearEvalConfig(epochs=args.epochs, output_dir=args.output_dir, arch=args.arch,
-                           start_epoch=args.start_epoch, print_freq=args.print_freq, resume=args.resume,
+                           start_epoch=start_epoch, print_freq=args.print_freq, resume=args.resume,
                            evaluate=args.evaluate, max_steps_per_epoch=args.max_steps_per_epoch)
     res = run_linear_eval(wrapped, optimizer, train_loader, val_loader, cfg, ctx,
                           lr_at_epoch=lambda e: cosine_epoch_lr(init_lr, e, args.epochs),
@@ -82,9 +87,17 @@ def run(ctx, args):
     print(f"best Acc@1 {res['best_acc1']:.3f}")
 
 
+def check_args(args) -> None:
+    for flag, v in (("--epochs", args.epochs), ("--start-epoch", args.start_epoch)):
+        if v < 0:
+            raise UserError(f"{flag} must be non-negative, got {v}")
+
+
 @cli_main
 def main(argv=None):
     args = lincls_parser().parse_args(argv)
+    check_args(args)
+    os.makedirs(args.output_dir, exist_ok=True)  # an unusable output path is a one-line error, before launch
     dist.launch_from_args(run, args)
 
 

@@ -11,14 +11,27 @@ import torch
 
 from core import dist
 from core.data import build_loader, seed_everything
-from core.engine import EngineConfig, prepare_model, train
+from core.engine import EngineConfig, setup_run, train
 from core.errors import UserError, cli_main
+from core.flags import check_flags
 from core.optim import ema_momentum
 from rdm_lib.diagnostics import RankMonitor
 from rdm_lib.models import build_solo_method
-from rdm_lib.solo_args import NUM_CLASSES, pretrain_config, pretrain_parser
+from rdm_lib.run_utils import guard_hint, launch_solo
+from rdm_lib.solo_args import NO_EFFECT_COMMON, NUM_CLASSES, UNSUPPORTED_COMMON, pretrain_config, pretrain_parser
 from rdm_lib.solo_train import AMP, build_optimizer, group_lr
 from rdm_lib.solo_data import num_classes_of, pretrain_transform, solo_dataset, val_transform
+
+# accepted with no effect (one warning line when set): dest -> reason
+NO_EFFECT = {
+    **NO_EFFECT_COMMON,
+    "knn_k": "only read with --knn_eval (the original ignores it too without --knn_eval)",
+}
+# a non-default value stops with a one-line error: dest -> reason
+UNSUPPORTED = {
+    **UNSUPPORTED_COMMON,
+    "knn_eval": "solo's online kNN evaluation is not implemented here",
+}
 
 
 def run(ctx, cfg):
@@ -33,7 +46,7 @@ def run(ctx, cfg):
     train_loader = build_loader(train_ds, cfg["batch_size"], shuffle=True, drop_last=True,
                                 num_workers=cfg["num_workers"], seed=cfg["seed"])
     val_loader = build_loader(val_ds, cfg["batch_size"], shuffle=False, drop_last=False,
-                              num_workers=cfg["num_workers"], seed=cfg["seed"])
+                              num_workers=cfg["num_workers"], seed=cfg["seed"], exact_eval=True)
 
     cifar = cfg["dataset"] in ("cifar10", "cifar100")
     model = build_solo_method(cfg["method"], backbone=cfg["backbone"], num_classes=num_classes, cifar=cifar,
@@ -45,11 +58,11 @@ def run(ctx, cfg):
     # solo additional_setup_pretrain: lr and classifier_lr scale with the global batch / 256
     scale = cfg["batch_size"] * world / 256
     cfg["lr_scaled"], cfg["classifier_lr_scaled"] = cfg["lr"] * scale, cfg["classifier_lr"] * scale
-    groups = model.param_groups(cfg["lr_scaled"], cfg["classifier_lr_scaled"], cfg["weight_decay"])
-    optimizer = build_optimizer(cfg, groups)
-    inner, wrapped = prepare_model(model, ctx, sync_bn=cfg["sync_batchnorm"])
+    setup = setup_run(ctx, model, sync_bn=cfg["sync_batchnorm"], make_optimizer=lambda m: build_optimizer(
+        cfg, m.param_groups(cfg["lr_scaled"], cfg["classifier_lr_scaled"], cfg["weight_decay"])))
+    inner, wrapped, optimizer = setup.model, setup.wrapped, setup.optimizer
 
-    out_dir = os.path.join(cfg["checkpoint_dir"], cfg["method"], cfg["name"])
+    out_dir = run_dir(cfg)
     steps_per_epoch = len(train_loader)
     if cfg["max_steps_per_epoch"]:
         steps_per_epoch = min(steps_per_epoch, cfg["max_steps_per_epoch"])
@@ -82,25 +95,31 @@ def run(ctx, cfg):
                 **monitor.end_epoch(epoch)}
 
     resume = cfg["resume_from_checkpoint"] or ("auto" if cfg["auto_resume"] else "")
+    # solo's Checkpointer exists only with --save_checkpoint: without it the original writes no checkpoint
+    names = (f"{cfg['name']}.ckpt",) if cfg["save_checkpoint"] else ()
     ecfg = EngineConfig(epochs=cfg["max_epochs"], output_dir=out_dir, amp=AMP.get(str(cfg["precision"]), "off"),
-                        ckpt_names=(f"{cfg['name']}.ckpt",), model_key="state_dict", resume=resume,
+                        ckpt_names=names, model_key="state_dict", resume=resume,
                         max_steps_per_epoch=cfg["max_steps_per_epoch"], desc=cfg["name"],
-                        save_every=max(1, cfg["checkpoint_frequency"]))
-    train(wrapped, optimizer, train_loader, ecfg, ctx, before_step=before_step, after_step=after_step,
-          end_epoch=end_epoch, extra_state=lambda epoch: {"args": {k: v for k, v in cfg.items()
-                                                                   if k != "pipelines"}})
+                        save_every=cfg["checkpoint_frequency"])
+    rdm = cfg["method"].startswith("rdm")
+    with guard_hint(rdm and not cfg["guard"], "--rdm_guard"):
+        train(wrapped, optimizer, train_loader, ecfg, ctx, before_step=before_step, after_step=after_step,
+              end_epoch=end_epoch, extra_state=lambda epoch: {"args": {k: v for k, v in cfg.items()
+                                                                       if k != "pipelines"}})
+
+
+def run_dir(cfg) -> str:
+    return os.path.join(cfg["checkpoint_dir"], cfg["method"], cfg["name"])
 
 
 @cli_main
 def main(argv=None):
-    args = pretrain_parser().parse_args(argv)
+    parser = pretrain_parser()
+    args = parser.parse_args(argv)
+    check_flags(args, parser, NO_EFFECT, UNSUPPORTED)
     cfg = pretrain_config(args)
-    if cfg["num_nodes"] != 1 and not dist.env_launched():
-        raise UserError("--num_nodes > 1 needs torchrun (RANK/WORLD_SIZE in the environment)")
-    devices = cfg["devices"]
-    gpus = devices if torch.cuda.is_available() and cfg["accelerator"] != "cpu" else None
-    dist.launch(run, cfg, multiprocessing_distributed=len(devices) > 1, world_size=1, rank=0,
-                dist_url="env://", gpus=gpus if gpus else (devices if len(devices) > 1 else None))
+    os.makedirs(run_dir(cfg), exist_ok=True)  # an unusable output path is a one-line error, before launch
+    launch_solo(run, cfg)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import torch
 from core import dist
 from core.augment import MultiView, moco_v2
 from core.data import build_dataset, build_loader, seed_everything
-from core.engine import EngineConfig, prepare_model, train
+from core.engine import EngineConfig, setup_run, train
 from core.errors import UserError, cli_main
 from core.optim import cosine_epoch_lr
 from rdm_lib.diagnostics import RankMonitor
@@ -24,20 +24,25 @@ def run(ctx, args):
     if args.seed is not None:
         seed_everything(args.seed, ctx.rank)
     nprocs = max(1, ctx.world_size // max(1, args.world_size if args.world_size > 0 else 1))
-    batch = args.batch_size // nprocs if args.multiprocessing_distributed else args.batch_size
+    batch = dist.per_process_batch(args.batch_size, nprocs) if args.multiprocessing_distributed else args.batch_size
     workers = (args.workers + nprocs - 1) // nprocs if args.multiprocessing_distributed else args.workers
     if batch < 2:
         raise UserError(f"batch size per process is {batch}; use -b of at least 2 per process")
     model = ImageNetSimSiam(args.arch, args.dim, args.pred_dim, args.pred_type, args.pred_location, args.sigma,
                             guard=args.rdm_guard)
     init_lr = args.lr * args.batch_size / 256  # infer learning rate before changing batch size
-    if args.fix_pred_lr:
-        params = [{"params": model.encoder.parameters(), "fix_lr": False},
-                  {"params": model.predictor.parameters(), "fix_lr": True}]
-    else:
-        params = model.parameters()
-    optimizer = torch.optim.SGD(params, init_lr, momentum=args.momentum, weight_decay=args.weight_decay)
-    inner, wrapped = prepare_model(model, ctx, sync_bn=True)
+
+    def make_optimizer(m):
+        if args.fix_pred_lr:
+            params = [{"params": m.encoder.parameters(), "fix_lr": False},
+                      {"params": m.predictor.parameters(), "fix_lr": True}]
+        else:
+            params = m.parameters()
+        return torch.optim.SGD(params, init_lr, momentum=args.momentum, weight_decay=args.weight_decay)
+
+    # the original converts BN to SyncBatchNorm before DDP
+    setup = setup_run(ctx, model, make_optimizer=make_optimizer, sync_bn=True)
+    inner, wrapped, optimizer = setup.model, setup.wrapped, setup.optimizer
 
     train_ds = build_dataset(args.data, "train", MultiView([moco_v2(args.image_size)] * 2),
                              image_size=args.image_size)

@@ -179,6 +179,7 @@ def test_main_linear_wrong_checkpoint_is_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         load_script("main_linear").main(["--dataset", "cifar10", "--data_dir", "synthetic", "--backbone",
                                          "resnet_tiny", "--pretrained_feature_extractor", str(bad),
+                                         "--optimizer", "sgd", "--scheduler", "step", "--lr_decay_steps", "60",
                                          "--checkpoint_dir", str(tmp_path), "--num_workers", "0"])
     assert e.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()

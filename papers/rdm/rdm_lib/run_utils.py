@@ -42,3 +42,33 @@ class on_cpu:
         if ctx.device.type != "cpu":
             ctx = dist.DistContext(ctx.rank, ctx.local_rank, ctx.world_size, torch.device("cpu"))
         return self.fn(ctx, args)
+
+
+STRATEGIES = (None, "ddp", "ddp_spawn")  # one process per device, as our launcher runs it
+ACCELERATORS = ("gpu", "cpu", "auto", "cuda")
+
+
+def launch_solo(fn, args) -> None:
+    """Lightning's launch for the solo scripts: ``--devices 0,1`` -> one process per device (gloo on CPU),
+    ``--num_nodes`` > 1 under torchrun only, ``--accelerator cpu`` on the CPU even where CUDA is available."""
+    from core.errors import UserError
+
+    cfg = args if isinstance(args, dict) else vars(args)  # main_pretrain: its config dict; main_linear: flags
+    if cfg["strategy"] not in STRATEGIES:
+        raise UserError(f"--strategy {cfg['strategy']} is not supported here (one process per device: ddp)")
+    if cfg["accelerator"] not in ACCELERATORS:
+        raise UserError(f"--accelerator {cfg['accelerator']} is not supported here (gpu or cpu)")
+    if cfg["num_nodes"] < 1:
+        raise UserError(f"--num_nodes must be at least 1, got {cfg['num_nodes']}")
+    if cfg["num_nodes"] != 1 and not dist.env_launched():
+        raise UserError("--num_nodes > 1 needs torchrun (RANK/WORLD_SIZE in the environment)")
+    devices = cfg["devices"]
+    if not devices:
+        raise UserError("--devices is empty (e.g. --devices 0 or 0,1)")
+    backend = None
+    if cfg["accelerator"] == "cpu":
+        hide_cuda()
+        fn, backend = on_cpu(fn), "gloo"
+    gpus = devices if cfg["accelerator"] != "cpu" and torch.cuda.is_available() else None
+    dist.launch(fn, args, multiprocessing_distributed=len(devices) > 1, world_size=1, rank=0, dist_url="env://",
+                dist_backend=backend, gpus=gpus if gpus else (devices if len(devices) > 1 else None))

@@ -17,6 +17,28 @@ METHOD_DEFAULTS = {"simsiam": (128, 2048, 512), "rdmsimsiam": (128, 2048, None),
 SCHEDULERS = ("reduce", "warmup_cosine", "step", "exponential", "none")  # solo BaseMethod._SCHEDULERS
 SUPPORTED_SCHEDULERS = ("warmup_cosine", "step", "none")  # the others raise ValueError in configure_optimizers
 
+# Trainer / data / logging flags shared by main_pretrain.py and main_linear.py (see core.flags)
+NO_EFFECT_COMMON = {
+    "wandb": "logs go to TensorBoard and log.txt; wandb is not used",
+    "project": "a wandb project name; wandb is not used",
+    "entity": "a wandb entity; wandb is not used",
+    "offline": "wandb offline mode; wandb is not used",
+    "dali": "DALI is replaced by the torchvision pipeline with the same steps (README, Deviations)",
+    "dali_device": "DALI is replaced by the torchvision pipeline, which runs in CPU loader workers",
+    "auto_resumer_max_hours": "--auto_resume takes <checkpoint_dir>/.../<name>.ckpt whatever its age",
+}
+UNSUPPORTED_COMMON: Dict[str, str] = {}
+
+
+def check_epochs(cfg) -> None:
+    """Negative epochs / steps are one-line errors (the original trains nothing and exits 0)."""
+    if cfg["max_epochs"] < 0:
+        raise UserError(f"--max_epochs must be non-negative, got {cfg['max_epochs']}")
+    if cfg.get("max_steps_per_epoch") is not None and cfg["max_steps_per_epoch"] < 1:
+        raise UserError(f"--max_steps_per_epoch must be at least 1, got {cfg['max_steps_per_epoch']}")
+    if cfg["checkpoint_frequency"] < 1:
+        raise UserError(f"--checkpoint_frequency must be at least 1, got {cfg['checkpoint_frequency']}")
+
 
 def str2bool(v):
     if isinstance(v, bool):
@@ -174,4 +196,5 @@ def pretrain_config(args) -> Dict:
     if args.batch_size < 2:
         raise UserError("--batch_size must be at least 2 (batch statistics)")
     cfg["guard"] = args.rdm_guard
+    check_epochs(cfg)
     return cfg
