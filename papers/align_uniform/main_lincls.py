@@ -10,6 +10,7 @@ dropped); the backbone stays frozen in eval mode (BN statistics frozen) and only
 from __future__ import annotations
 
 import os
+import sys
 
 import torch
 from torch.utils.data import DataLoader, SequentialSampler
@@ -17,8 +18,9 @@ from torch.utils.data import DataLoader, SequentialSampler
 from core.augment import eval_transform, linear_train_transform
 from core.data import build_dataset, build_loader, is_synthetic
 from core.data.datasets import TORCHVISION_SETS, split_dir
-from core.engine import load_checkpoint, prepare_model
+from core.engine import load_checkpoint, setup_run
 from core.errors import UserError, cli_main
+from core.flags import check_flags
 from core.eval import LinearEvalConfig, freeze_all_but, init_linear_head, run_linear_eval
 
 from au_lib import launch
@@ -26,6 +28,14 @@ from au_lib.config import epoch_lr, lincls_parser, lincls_save_folder
 from au_lib.nets import check_has_fc, net_constructor
 
 PREFIX = "module.encoder_q."
+
+# Flags accepted with no effect (one warning line for a non-default value) / that cannot work here (one-line
+# error); README "Flag surface" lists the same entries.
+NO_EFFECT: dict = {}
+UNSUPPORTED = {
+    "amp": "the linear classifier trains and validates in fp32 (core.eval.linear); the original main_lincls "
+           "has no mixed precision either",
+}
 
 
 def encoder_q_state(state_dict):
@@ -66,13 +76,27 @@ def check_args(args) -> None:
         raise UserError(f"no checkpoint found at '{args.resume}'")
 
 
+def start_epoch(args) -> int:
+    """``--start-epoch``, except that ``--pretrained`` resets it to 0 as the original does (``--resume`` then
+    sets it from the checkpoint)."""
+    if args.pretrained and args.start_epoch != 0:
+        print(f"warning: --start-epoch={args.start_epoch} is reset to 0 by --pretrained (as the original)",
+              file=sys.stderr, flush=True)
+        return 0
+    return args.start_epoch
+
+
 @cli_main
 def main(argv=None) -> None:
-    args = lincls_parser().parse_args(argv)
+    parser = lincls_parser()
+    args = parser.parse_args(argv)
+    check_flags(args, parser, NO_EFFECT, UNSUPPORTED)
     check_args(args)
     base = args.pretrained or os.path.join("results", "random_init")
     args.save_folder = lincls_save_folder(base, args.batch_size, args.lr, args.schedule, args.epochs)
-    launch.prepare(args)
+    launch.prepare(args, floor_batch=True)  # the original floors int(batch_size / ngpus_per_node)
+    args.start_epoch = start_epoch(args)
+    os.makedirs(args.save_folder, exist_ok=True)  # here, inside cli_main: a bad path is one error line
     launch.run(main_worker, args)
 
 
@@ -96,10 +120,13 @@ def main_worker(ctx, args) -> None:
     init_linear_head(model.fc, std=0.01)
     reference = load_pretrained(model, args.pretrained) if args.pretrained else None
 
-    model, wrapped = prepare_model(model, ctx)
-    params = [p for p in model.parameters() if p.requires_grad]
-    assert len(params) == 2  # fc.weight, fc.bias
-    optimizer = torch.optim.SGD(params, args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
+    def make_optimizer(m):
+        params = [p for p in m.parameters() if p.requires_grad]
+        assert len(params) == 2  # fc.weight, fc.bias
+        return torch.optim.SGD(params, args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
+
+    run = setup_run(ctx, model, make_optimizer=make_optimizer)  # device -> DDP (broadcast) -> optimizer
+    model, wrapped, optimizer = run.model, run.wrapped, run.optimizer
     cfg = LinearEvalConfig(epochs=args.epochs, output_dir=args.save_folder, arch=args.arch,
                            start_epoch=args.start_epoch, print_freq=args.print_freq, resume=args.resume,
                            evaluate=args.evaluate, max_steps_per_epoch=args.max_steps, model_prefix="module.",

@@ -15,13 +15,19 @@ import torch
 from core.augment import MultiView, moco_v1, moco_v2
 from core.data import build_dataset, build_loader, is_synthetic
 from core.data.datasets import TORCHVISION_SETS, split_dir
-from core.engine import EngineConfig, prepare_model, train
+from core.engine import EngineConfig, setup_run, train
 from core.errors import UserError, cli_main
+from core.flags import check_flags
 
 from au_lib import launch
 from au_lib.builder import MoCo
 from au_lib.config import epoch_lr, moco_parser, optimize_line, resolve_loss_terms
 from au_lib.nets import check_has_fc, net_constructor
+
+# Flags accepted with no effect (one warning line for a non-default value) / that cannot work here (one-line
+# error); README "Flag surface" lists the same entries. Every flag of this script is used.
+NO_EFFECT: dict = {}
+UNSUPPORTED: dict = {}
 
 
 def check_args(args) -> None:
@@ -47,7 +53,9 @@ def check_args(args) -> None:
 
 @cli_main
 def main(argv=None) -> None:
-    args = moco_parser().parse_args(argv)
+    parser = moco_parser()
+    args = parser.parse_args(argv)
+    check_flags(args, parser, NO_EFFECT, UNSUPPORTED)
     check_args(args)
     terms = resolve_loss_terms(args)  # zero weights -> None, before the batch is divided
     args.save_folder = os.path.join(args.results_dir, "_".join(terms))
@@ -55,6 +63,7 @@ def main(argv=None) -> None:
     gb = launch.global_batch(args)
     if args.moco_k % gb != 0:
         raise UserError(f"--moco-k {args.moco_k} must be a multiple of the global batch size {gb}")
+    os.makedirs(args.save_folder, exist_ok=True)  # here, inside cli_main: a bad path is one error line
     launch.run(main_worker, args)
 
 
@@ -76,9 +85,11 @@ def main_worker(ctx, args) -> None:
     print(f"=> creating model '{args.arch}'")
     model = build_model(args)
     print(optimize_line(args))
-    model, wrapped = prepare_model(model, ctx)
-    optimizer = torch.optim.SGD(model.parameters(), args.lr, momentum=args.momentum,
-                                weight_decay=args.weight_decay)
+    # device -> DDP (broadcasts rank 0's weights, encoder_k and the queue included) -> SGD over
+    # model.parameters() as the original (encoder_k gets no gradient, so SGD leaves it to the momentum update)
+    run = setup_run(ctx, model, make_optimizer=lambda m: torch.optim.SGD(
+        m.parameters(), args.lr, momentum=args.momentum, weight_decay=args.weight_decay))
+    model, wrapped, optimizer = run.model, run.wrapped, run.optimizer
 
     dataset = build_dataset(args.data, "train", two_crops(args.aug_plus, args.image_size), image_size=args.image_size,
                             num_samples=args.num_samples, seed=args.seed or 0)

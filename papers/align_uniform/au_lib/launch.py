@@ -4,7 +4,10 @@
 * ``--gpus`` lists this node's devices (default: all visible). Without CUDA the list is the number of CPU
   processes on gloo (``--gpus 0 1 2 3`` -> 4 processes); with neither, ``SSL_CPU_PROCS`` or 1.
 * With ``--multiprocessing-distributed`` the batch and the workers are divided over this node's processes
-  (``batch_size / n`` must be an integer; workers ``ceil(workers / n)``); world size = nodes x n.
+  (workers ``ceil(workers / n)``); world size = nodes x n. main_moco asserts that ``n`` divides the batch
+  (a one-line error here); main_lincls floors it (one warning line here, ``core.dist.per_process_batch``).
+* cudnn ``deterministic`` and ``benchmark`` are both set in every worker whatever ``--seed`` is, as the fork
+  does (Facebook's MoCo sets ``deterministic`` only with ``--seed``).
 * Where the original refuses to run (no DDP: one GPU or CPU) one plain process runs instead.
 """
 from __future__ import annotations
@@ -25,13 +28,21 @@ def procs_for(args) -> int:
     return cdist.procs_per_node(args.gpus)
 
 
-def prepare(args) -> int:
-    """Validate and divide ``batch_size`` / ``workers`` per process; seed the launcher. Returns procs per node."""
+def prepare(args, floor_batch: bool = False) -> int:
+    """Validate and divide ``batch_size`` / ``workers`` per process; seed the launcher. Returns procs per node.
+    ``floor_batch``: floor a batch that the processes do not divide (main_lincls) instead of the error of
+    main_moco's assert."""
     for name in ("epochs", "batch_size"):
         if getattr(args, name) <= 0:
             raise UserError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-    if args.workers < 0:
-        raise UserError(f"--workers must be >= 0, got {args.workers}")
+    for name in ("workers", "start_epoch"):
+        if getattr(args, name) < 0:
+            raise UserError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
+    if args.print_freq < 1:
+        raise UserError(f"--print-freq must be positive, got {args.print_freq}")
+    for name in ("max_steps", "num_samples", "image_size"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(args, name)}")
     if args.gpus is not None and len(set(args.gpus)) != len(args.gpus):
         raise UserError(f"--gpus lists a device twice: {args.gpus}")
     if torch.cuda.is_available() and args.gpus:
@@ -39,19 +50,20 @@ def prepare(args) -> int:
         if bad:
             raise UserError(f"--gpus {bad} not available ({torch.cuda.device_count()} visible CUDA devices)")
     nprocs = procs_for(args)
-    if args.seed is not None:
+    if args.seed is not None:  # the fork seeds the launcher too, without MoCo's cudnn warning (see worker_setup)
         random.seed(args.seed)
         torch.manual_seed(args.seed)
-        warnings.warn("You have chosen to seed training. This will turn on the CUDNN deterministic setting, "
-                      "which can slow down your training considerably!")
     args.procs_per_node = nprocs
     if args.multiprocessing_distributed and nprocs == 1:
         warnings.warn("--multiprocessing-distributed with a single device: one process is started")
     if args.multiprocessing_distributed:
-        if args.batch_size % nprocs != 0:
+        if floor_batch:
+            args.batch_size = cdist.per_process_batch(args.batch_size, nprocs, "--batch-size")
+        elif args.batch_size % nprocs != 0:
             raise UserError(f"--batch-size {args.batch_size} is not divisible by the {nprocs} processes of this "
                             f"node")
-        args.batch_size = args.batch_size // nprocs
+        else:
+            args.batch_size = args.batch_size // nprocs
         args.workers = int(math.ceil(args.workers / nprocs))
     args.nodes = args.world_size if args.world_size > 0 else 1
     return nprocs
@@ -71,7 +83,8 @@ def run(worker, args) -> None:
 
 
 def worker_setup(ctx, args) -> None:
-    """Per-process seeding (seed + global rank) and the cudnn flags the original sets unconditionally."""
+    """Per-process seeding (seed + global rank) and the cudnn flags that the fork (``main_worker`` of
+    SsnL/moco_align_uniform, both scripts) sets unconditionally: deterministic and benchmark."""
     if args.seed is not None:
         from core.data import seed_everything
 
