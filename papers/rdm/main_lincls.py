@@ -16,6 +16,7 @@ from core.augment import eval_transform, linear_train_transform
 from core.data import build_dataset, build_loader, seed_everything
 from core.engine import load_checkpoint, setup_run
 from core.errors import UserError, cli_main
+from core.flags import check_flags
 from core.eval import LinearEvalConfig, freeze_all_but, init_linear_head, run_linear_eval
 from core.optim import LARS, cosine_epoch_lr
 from rdm_lib.imagenet_args import lincls_parser
@@ -42,6 +43,15 @@ def load_pretrained(model, path: str) -> None:
         raise UserError(f"'{path}' is not a SimSiam encoder checkpoint for this arch: missing "
                         f"{msg.missing_keys[:4]}, unexpected {msg.unexpected_keys[:4]}")
     print(f"=> loaded pre-trained model '{path}'")
+
+
+# accepted with no effect (one warning line when set): dest -> reason
+NO_EFFECT = {
+    "local_rank": "accepted for torch.distributed.launch; the local rank comes from LOCAL_RANK (the original "
+                  "has no such flag)",
+}
+# a non-default value stops with a one-line error: dest -> reason
+UNSUPPORTED = {}
 
 
 def run(ctx, args):
@@ -95,7 +105,9 @@ def check_args(args) -> None:
 
 @cli_main
 def main(argv=None):
-    args = lincls_parser().parse_args(argv)
+    parser = lincls_parser()
+    args = parser.parse_args(argv)
+    check_flags(args, parser, NO_EFFECT, UNSUPPORTED)
     check_args(args)
     os.makedirs(args.output_dir, exist_ok=True)  # an unusable output path is a one-line error, before launch
     dist.launch_from_args(run, args)

@@ -13,11 +13,21 @@ from core.augment import MultiView, moco_v2
 from core.data import build_dataset, build_loader, seed_everything
 from core.engine import EngineConfig, setup_run, train
 from core.errors import UserError, cli_main
+from core.flags import check_flags
 from core.optim import cosine_epoch_lr
 from rdm_lib.diagnostics import RankMonitor
 from rdm_lib.imagenet_args import simsiam_parser
 from rdm_lib.models import ImageNetSimSiam
 from rdm_lib.run_utils import guard_hint
+
+
+# accepted with no effect (one warning line when set): dest -> reason
+NO_EFFECT = {
+    "local_rank": "accepted for torch.distributed.launch; the local rank comes from LOCAL_RANK (the original "
+                  "has no such flag)",
+}
+# a non-default value stops with a one-line error: dest -> reason
+UNSUPPORTED = {}
 
 
 def run(ctx, args):
@@ -78,7 +88,9 @@ def check_args(args) -> None:
 
 @cli_main
 def main(argv=None):
-    args = simsiam_parser().parse_args(argv)
+    parser = simsiam_parser()
+    args = parser.parse_args(argv)
+    check_flags(args, parser, NO_EFFECT, UNSUPPORTED)
     check_args(args)
     os.makedirs(args.output_dir, exist_ok=True)  # an unusable output path is a one-line error, before launch
     dist.launch_from_args(run, args)

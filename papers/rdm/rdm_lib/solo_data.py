@@ -26,9 +26,11 @@ def pretrain_transform(dataset: str, pipelines) -> MultiView:
     mean, std = mean_std(dataset)
     views = []
     for pl in pipelines:
-        kw = {k: pl[k] for k in ("brightness", "contrast", "saturation", "hue", "color_jitter_prob",
-                                 "gray_scale_prob", "gaussian_prob", "solarization_prob", "equalization_prob",
-                                 "min_scale", "max_scale", "horizontal_flip_prob")}
+        kw = dict(brightness=pl["brightness"], contrast=pl["contrast"], saturation=pl["saturation"],
+                  hue=pl["hue"], color_jitter_prob=pl["color_jitter_prob"], gray_scale_prob=pl["gray_scale_prob"],
+                  gaussian_prob=pl["gaussian_prob"], solarization_prob=pl["solarization_prob"],
+                  equalization_prob=pl["equalization_prob"], min_scale=pl["min_scale"], max_scale=pl["max_scale"],
+                  horizontal_flip_prob=pl["horizontal_flip_prob"])
         views += [solo_pipeline(pl["crop_size"], mean=mean, std=std, **kw)] * pl["num_crops"]
     return MultiView(views)
 
