@@ -157,6 +157,7 @@ def main_worker(ctx: dist.DistContext, args) -> None:
         random.seed(args.seed)
         torch.manual_seed(args.seed)
         torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = True  # as the original lineval.py (set unconditionally)
     W = ctx.world_size
     size = args.image_size
     if args.data == "synthetic":

@@ -76,9 +76,11 @@ def _record_lineval(monkeypatch, lineval):
 def test_lineval_gpu_flag_warns(monkeypatch, capsys):
     lineval = load("lineval")
     _record_lineval(monkeypatch, lineval)
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
     lineval.main(LIN + ["--gpu", "0"])
     err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("warning")]
     assert len(err) == 1 and "--gpu=0 has no effect" in err[0]
+    assert torch.backends.cudnn.benchmark  # the original sets it unconditionally
 
 
 def test_start_epoch_is_reset_by_pretrained(monkeypatch, capsys, tmp_path):
