@@ -9,22 +9,41 @@ ACC) on the val split and saves the matching; ``--inference_only 1`` prints the 
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
-import shutil
 
 import torch
 
 from core import dist
 from core.data import build_dataset, build_loader, seed_everything
-from core.engine import EngineConfig, load_checkpoint, save_checkpoint, train
+from core.engine import EngineConfig, copy_checkpoint, load_checkpoint, save_checkpoint, setup_run, train
 from core.errors import UserError, cli_main
+from core.flags import check_flags
 from twist_lib.builder import (build_optimizer, build_twist, finalize_args, harder_transform, schedules,
                                set_step, train_transform)
 from twist_lib.cluster import evaluate_clustering, inference, val_loader
-from twist_lib.config import get_args_parser
+from twist_lib.config import NON_NEGATIVE, get_args_parser
 from twist_lib.head import bunch_rank_groups, make_bunch_group
 from twist_lib.model import TwistMethod, ema_update
+
+# accepted as the original accepts them, with no effect there either (a non-default value prints a warning)
+NO_EFFECT = {
+    "dataset": "the original train.py never reads it",
+    "reduce_mean": "unused in the original",
+    "sched": "unused in the original (timm's create_scheduler is imported, never called)",
+    "warmup_epochs": "overwritten as in the original: 3 if --epochs <= 20, 5 if <= 50, else 10",
+    "world_size": "overwritten by the launcher's WORLD_SIZE, as in the original",
+    "local_rank": "repo addition for torch.distributed.launch without --use_env (the original needed --use_env); "
+                  "the local rank is read from LOCAL_RANK",
+}
+# set by the launcher, not by the user: listed above, but no warning on the ranks it is passed to
+LAUNCHER_FLAGS = ("local_rank",)
+# cannot work here: a non-default value stops with a one-line error
+UNSUPPORTED = {
+    "use_lmdb": "LMDB is not supported in this repo; pass an ImageFolder tree (DIR/train/CLASS/) or "
+                "'synthetic' as --data-path",
+}
 
 
 # names of the original's early multi-head checkpoints, remapped on load as train.py did
@@ -69,17 +88,58 @@ def adapt_checkpoint(ck, optimizer, what: str) -> bool:
     return changed
 
 
+def resolve_device(ctx: dist.DistContext, spec: str) -> dist.DistContext:
+    """``--device`` (original: ``torch.device(args.device)``): ``cuda`` = the GPU of this process's local rank
+    (CPU + gloo on a machine without CUDA), ``cpu``, or ``cuda:N`` = GPU N for a one-process run. With several
+    processes each one uses the GPU of its local rank (the original's ``device_ids=[args.gpu]``), so a fixed
+    ``cuda:N`` is an error there."""
+    try:
+        dev = torch.device(spec)
+    except (RuntimeError, ValueError):
+        raise UserError(f"--device '{spec}' is not a device (use cuda, cuda:N or cpu)") from None
+    if dev.type == "cpu":
+        return dataclasses.replace(ctx, device=torch.device("cpu"))
+    if dev.type != "cuda":
+        raise UserError(f"--device '{spec}' is not supported here (use cuda, cuda:N or cpu)")
+    if dev.index is None:
+        return ctx  # the launcher's choice: cuda:<local rank>, or the CPU without CUDA
+    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if dev.index >= n:
+        raise UserError(f"--device {spec}: this machine has {n} CUDA device{'s' if n != 1 else ''}")
+    if ctx.world_size > 1:
+        raise UserError(f"--device {spec} names one GPU, but this run has {ctx.world_size} processes, each on "
+                        f"the GPU of its local rank: pass --device cuda")
+    torch.cuda.set_device(dev.index)
+    return dataclasses.replace(ctx, device=dev)
+
+
+def check_args(args) -> None:
+    """One-line errors for values the original would crash on or silently misuse."""
+    if args.batch_size < 1 or args.epochs < 1:
+        raise UserError("--batch-size and --epochs must be positive")
+    for dest in NON_NEGATIVE:
+        if getattr(args, dest) < 0:
+            raise UserError(f"--{dest} must be non-negative, got {getattr(args, dest)}")
+
+
+def engine_config(args, output_dir: str, resume: str) -> EngineConfig:
+    """The engine settings of the original loop: fp16 autocast + GradScaler with ``--amp 1`` (CUDA), and the
+    gradient clipping of its AMP branch, which runs whenever ``--amp 1`` creates the GradScaler (also here on
+    CPU, where no autocast runs): ``clip_grad = --clip_norm`` with ``--amp 1``, no clipping with ``--amp 0``."""
+    return EngineConfig(epochs=args.epochs, output_dir=output_dir, start_epoch=args.start_epoch,
+                        amp="fp16" if args.amp else "off", clip_grad=args.clip_norm if args.amp else 0.0,
+                        print_freq=10, ckpt_names=("checkpoint.pth",), model_key="model", resume=resume,
+                        max_steps_per_epoch=args.max_steps_per_epoch or None, desc="twist")
+
+
 def main_worker(ctx: dist.DistContext, args) -> None:
+    ctx = resolve_device(ctx, args.device)
     args = finalize_args(args, ctx.world_size)
-    if args.use_lmdb:
-        raise UserError("--use-lmdb is not supported in this repo: pass an ImageFolder tree (DIR/train/<class>/) "
-                        "or 'synthetic' as --data-path")
     seed_everything(args.seed, ctx.rank)
     if ctx.device.type == "cuda":
         torch.backends.cudnn.benchmark = not args.determine
         torch.backends.cudnn.deterministic = bool(args.determine)
     output_dir = args.output_dir or "."
-    os.makedirs(output_dir, exist_ok=True)
     print(f"global crops: {args.global_crops_scale}\nlocal  crops: {args.local_crops_scale}")
 
     bunch_group = None
@@ -93,11 +153,11 @@ def main_worker(ctx: dist.DistContext, args) -> None:
     n_head = sum(p.numel() for p in model.projection_heads.parameters() if p.requires_grad)
     print(f"number of backbone params:{n_bb / 1e6:.2f} M\nnumber of head params:{n_head / 1e6:.2f} M\n"
           f"number of total params:{(n_bb + n_head) / 1e6:.2f} M")
-    model.to(ctx.device)
 
     if args.eval_only or args.inference_only:
         if not args.resume:
             raise UserError("--eval_only / --inference_only need --resume CHECKPOINT")
+        model = setup_run(ctx, model, ddp=False).model
         ckpt = load_checkpoint(args.resume)
         load_model_weights(model, ckpt.get("model", ckpt), f"checkpoint '{args.resume}'")
         if args.eval_only:
@@ -108,13 +168,6 @@ def main_worker(ctx: dist.DistContext, args) -> None:
         else:
             inference(model, args, ctx.device)
         return
-
-    teacher = None
-    if args.use_momentum_encoder:
-        teacher = build_twist(args, dev, bunch_group, ctx.distributed).to(ctx.device)
-        teacher.load_state_dict(model.state_dict())
-        for p in teacher.parameters():
-            p.requires_grad = False
 
     dataset = build_dataset(args.data_path, "train",
                             train_transform(args.aug, args.img_size, args.local_crops_number,
@@ -130,13 +183,24 @@ def main_worker(ctx: dist.DistContext, args) -> None:
                         f"{args.batch_size} per process")
     sched = schedules(args, niter)
 
+    def make_teacher(student):
+        """The EMA teacher: the same network, loaded from the DDP-broadcast student (as the original's
+        ``teacher.load_state_dict(model.state_dict())`` after ``DistributedDataParallel``)."""
+        teacher = build_twist(args, dev, bunch_group, ctx.distributed)
+        teacher.load_state_dict(student.state_dict())
+        return teacher
+
+    # BNs are synchronised inside build_twist (backbone over all ranks, logit BN over the bunch group), before
+    # anything holds the parameters; setup_run's own conversion would regroup the logit BN over all ranks
+    run = setup_run(ctx, model, make_optimizer=lambda m: build_optimizer(m, args), sync_bn=False, ddp=True,
+                    teachers={"teacher": make_teacher} if args.use_momentum_encoder else None)
+    model, wrapped, optimizer = run.model, run.wrapped, run.optimizer
+    teacher = run.teachers.get("teacher")
     method = TwistMethod(lam1=args.lam1, lam2=args.lam2, tau=args.tau, eps=args.EPS, mme_epochs=args.mme_epochs,
                          style=args.crops_interact_style, multicrop=args.aug == "multicrop",
                          threshold=args.threshold, teacher=teacher,
                          watch=True)
     model.attach(method)
-    wrapped = dist.wrap_ddp(model, ctx)
-    optimizer = build_optimizer(model, args)
 
     mme_step = args.mme_epochs * niter
     ckpt_path = os.path.join(output_dir, "checkpoint.pth")
@@ -152,9 +216,12 @@ def main_worker(ctx: dist.DistContext, args) -> None:
         if method.self_labeling():
             off = step if args.crops_interact_style == "self_label" else step - mme_step
             method.quantile = float(sched["quantile"][min(off, len(sched["quantile"]) - 1)])
-        if step == mme_step and step > 0 and ctx.is_main and os.path.isfile(ckpt_path) \
-                and not os.path.isfile(mme_path):
-            shutil.copyfile(ckpt_path, mme_path)  # the checkpoint of epoch mme_epochs - 1
+
+    def after_save(epoch: int) -> None:
+        """``mme_ckpt.pth``: the checkpoint of epoch ``mme_epochs - 1`` (the original saved it there), an
+        atomic copy written only when that epoch is trained, so a resume never rewrites it."""
+        if epoch + 1 == args.mme_epochs:
+            copy_checkpoint(ckpt_path, mme_path)
 
     def after_step(step: int, total: int) -> None:
         if teacher is not None:
@@ -222,22 +289,21 @@ def main_worker(ctx: dist.DistContext, args) -> None:
         with open(os.path.join(output_dir, "log.txt"), "a") as f:
             f.write(json.dumps({k: v for k, v in vars(args).items()
                                 if isinstance(v, (int, float, str, bool, list, tuple, type(None)))}) + "\n")
-    cfg = EngineConfig(epochs=args.epochs, output_dir=output_dir, start_epoch=args.start_epoch,
-                       amp="fp16" if args.amp else "off", clip_grad=args.clip_norm if args.amp else 0.0,
-                       print_freq=10, ckpt_names=("checkpoint.pth",), model_key="model", resume=resume,
-                       max_steps_per_epoch=args.max_steps_per_epoch or None, desc="twist")
+    cfg = engine_config(args, output_dir, resume)
     print(f"Start training for {args.epochs} epochs")
     train(wrapped, optimizer, loader, cfg, ctx, before_step=before_step, after_step=after_step,
-          end_epoch=end_epoch, extra_state=extra_state, load_extra_state=load_extra_state)
-    if ctx.is_main and args.epochs == args.mme_epochs and os.path.isfile(ckpt_path):
-        shutil.copyfile(ckpt_path, mme_path)
+          end_epoch=end_epoch, extra_state=extra_state, load_extra_state=load_extra_state, after_save=after_save)
 
 
 @cli_main
 def main(argv=None) -> None:
-    args = get_args_parser().parse_args(argv)
-    if args.batch_size < 1 or args.epochs < 1:
-        raise UserError("--batch-size and --epochs must be positive")
+    parser = get_args_parser()
+    args = parser.parse_args(argv)
+    check_flags(args, parser, {k: v for k, v in NO_EFFECT.items() if k not in LAUNCHER_FLAGS},
+                UNSUPPORTED)
+    check_args(args)
+    # the output folder is made here, inside the error wrapper: a bad path is one error line
+    os.makedirs(args.output_dir or ".", exist_ok=True)
     if args.device == "cpu":  # stay on CPU (gloo) even where CUDA exists
         os.environ["CUDA_VISIBLE_DEVICES"] = ""
     dist.launch(main_worker, args, dist_url=args.dist_url)

@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import argparse
 
+# counts that must not be negative (one-line error in train.py)
+NON_NEGATIVE = ("mme_epochs", "sl_warmup_epochs", "start_epoch", "max_steps_per_epoch", "num_samples",
+                "local_crops_number", "num_workers")
+
 BACKBONE_CHOICES = ("resnet50", "resnet50w2", "resnet50w4", "resnet50w5", "resnet18", "resnet_tiny",
                     "vit_t", "vit_s", "vit_b")
 
@@ -23,7 +27,8 @@ def get_args_parser() -> argparse.ArgumentParser:
       help="augmentation set")
     a("--img_size", type=int, default=224, help="crop size (global crop size of multicrop too, see README)")
     a("--drop", type=float, default=0.0, help="dropout after the head's first hidden layer")
-    a("--clip_norm", type=float, default=0.0, help="clip the gradient norm (AMP path only) when > 0")
+    a("--clip_norm", type=float, default=0.0,
+      help="clip the gradient norm when > 0, with --amp 1 (the original clips in its GradScaler branch)")
     a("--EPS", type=float, default=1e-5, help="epsilon inside the logs of the loss")
     a("--reduce_mean", type=float, default=0, help="unused (kept from the original)")
     a("--eval_only", "--eval-only", dest="eval_only", type=int, default=0,
@@ -75,7 +80,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     a("--data-path", dest="data_path", type=str, default="synthetic",
       help="'synthetic' (built-in), cifar10[:ROOT], cifar100[:ROOT], stl10[:ROOT] or DIR with train/ and val/")
     a("--output_dir", type=str, default="", help="output folder ('' = current folder)")
-    a("--device", type=str, default="cuda", help="cuda (falls back to CPU + gloo without a GPU) or cpu")
+    a("--device", type=str, default="cuda",
+      help="cuda (GPU of the local rank; CPU + gloo without a GPU), cuda:N (one process) or cpu")
     a("--seed", type=int, default=0)
     a("--resume", type=str, default="", help="checkpoint to resume from (or to evaluate)")
     a("--start_epoch", type=int, default=0)
@@ -84,7 +90,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     a("--no-pin-mem", dest="pin_mem", action="store_false")
     p.set_defaults(pin_mem=True)
     a("--use-lmdb", dest="use_lmdb", action="store_true", help="not supported here (error)")
-    a("--amp", type=int, default=1, help="1: fp16 autocast + GradScaler on CUDA")
+    a("--amp", type=int, default=1,
+      help="1: fp16 autocast + GradScaler on CUDA, and --clip_norm clipping (also on CPU)")
     a("--world_size", type=int, default=1, help="overwritten by the launcher's WORLD_SIZE")
     a("--dist_url", type=str, default="env://")
     # launcher and repo additions
