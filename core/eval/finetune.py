@@ -88,7 +88,7 @@ def train_classifier(model: Classifier, wrapped: nn.Module, optimizer, train_loa
             sanity_check(model.backbone.state_dict(), reference, ignore=())
         if not validates(epoch, val_every, epochs):
             return {}
-        res = validate(wrapped, val_loader, ctx.device, max_steps)
+        res = validate(model, val_loader, ctx.device, max_steps)  # not through DDP: no collective per batch
         best["best_acc1"] = max(best["best_acc1"], res["acc1"])
         best["best_acc5"] = max(best["best_acc5"], res["acc5"])
         stats = {"epoch": epoch, "acc1": res["acc1"], "acc5": res["acc5"], "val_loss": res["loss"], **best}

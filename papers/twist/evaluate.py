@@ -8,6 +8,9 @@ pre-trained ResNet (bytedance/TWIST ``evaluate.py``, modified from Barlow Twins;
 
 A ``train.py`` checkpoint is read directly: with ``--key auto`` (default here) the ``backbone`` entry is used
 when present (the original defaulted to ``none`` and needed ``--key backbone``).
+
+Like the original, one process is spawned per visible GPU, each with ``--batch-size`` // N images (torchrun /
+``torch.distributed.launch`` also work); without CUDA one CPU process runs, or ``SSL_CPU_PROCS`` gloo processes.
 """
 from __future__ import annotations
 
@@ -21,10 +24,23 @@ from core.augment.recipes import eval_transform, linear_train_transform
 from core.backbones import build_backbone
 from core.data import build_dataset, build_loader, read_file_list, seed_everything, subset_by_file_list
 from core.data.synthetic import is_synthetic
-from core.engine import load_checkpoint
+from core.engine import load_checkpoint, setup_run
 from core.errors import UserError, cli_main
+from core.flags import check_flags
 from core.eval import load_backbone_weights
 from core.eval.finetune import Classifier, train_classifier
+
+
+# accepted as the original accepts them, with no effect there either (a non-default value prints a warning)
+NO_EFFECT = {
+    "mode": "unused in the original",
+}
+# cannot work here: a non-default value stops with a one-line error
+UNSUPPORTED = {
+    "dataset": "the original knows only imagenet (NCLS = {'imagenet': 1000}; any other name is a KeyError "
+               "there); here the classes come from the data folder",
+    "use_lmdb": "LMDB is not supported in this repo; pass an ImageFolder tree or 'synthetic'",
+}
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -33,7 +49,7 @@ def get_parser() -> argparse.ArgumentParser:
     a("data", type=str, nargs="?", default="synthetic",
       help="'synthetic' or a folder with train/ and val/ (ImageNet layout)")
     a("pretrained", type=str, nargs="?", default="", help="pre-trained checkpoint ('' = random init)")
-    a("--dataset", type=str, default="imagenet", help="only imagenet-style folders (classes from the data)")
+    a("--dataset", type=str, default="imagenet", help="only imagenet (as the original); classes from the data")
     a("--mode", type=str, default="dev", help="unused (kept from the original)")
     a("--backbone", type=str, default="resnet50", help="resnet50, resnet50w2/w4/w5, resnet_tiny, vit_s, ...")
     a("--weights", type=str, default="freeze", choices=("finetune", "freeze"))
@@ -93,30 +109,36 @@ def load_weights(backbone, args):
     return {k: v.detach().clone() for k, v in backbone.state_dict().items()}
 
 
+def build_optimizer(model: Classifier, args) -> torch.optim.Optimizer:
+    """SGD momentum 0.9 with the classifier group at ``--lr-classifier`` and, when fine-tuning, the backbone
+    group at ``--lr-backbone``; ``--weight-decay`` on both (the original's ``param_groups``)."""
+    groups = [dict(params=list(model.fc.parameters()), lr=args.lr_classifier, name="classifier")]
+    if not model.freeze:
+        groups.append(dict(params=list(model.backbone.parameters()), lr=args.lr_backbone, name="backbone"))
+    return torch.optim.SGD(groups, lr=args.lr_classifier, momentum=0.9, weight_decay=args.weight_decay)
+
+
 def main_worker(ctx: dist.DistContext, args) -> None:
-    if args.use_lmdb:
-        raise UserError("--use_lmdb 1 is not supported in this repo: pass an ImageFolder tree or 'synthetic'")
-    if args.batch_size % ctx.world_size != 0:
-        raise UserError(f"--batch-size {args.batch_size} is not divisible by the {ctx.world_size} processes")
     seed_everything(args.seed, ctx.rank)
+    per = dist.per_process_batch(args.batch_size, ctx.world_size)  # the original's batch_size // world_size
+    print(f"=> {ctx.world_size} process{'es' if ctx.world_size > 1 else ''} x {per} images")
     train_ds = subset(args, build_dataset(args.data, "train", linear_train_transform(args.img_size),
                                           image_size=args.img_size, seed=args.seed))
     val_ds = build_dataset(args.data, "val", eval_transform(args.img_size), image_size=args.img_size,
                            seed=args.seed)
-    per = args.batch_size // ctx.world_size
     train_loader = build_loader(train_ds, per, shuffle=True, drop_last=False, num_workers=args.workers,
                                 seed=args.seed)
-    val_loader = build_loader(val_ds, per, shuffle=False, drop_last=False, num_workers=args.workers)
+    # every val image counted once over the ranks (the original validated the whole set on rank 0)
+    val_loader = build_loader(val_ds, per, shuffle=False, drop_last=False, num_workers=args.workers,
+                              exact_eval=True)
     classes = getattr(val_ds, "classes", None) or sorted(set(val_ds.targets))
     backbone = build_backbone(args.backbone, img_size=args.img_size)
     reference = load_weights(backbone, args)
     freeze = args.weights == "freeze"
-    model = Classifier(backbone, backbone.feat_dim, len(classes), freeze).to(ctx.device)
-    groups = [dict(params=list(model.fc.parameters()), lr=args.lr_classifier, name="classifier")]
-    if not freeze:
-        groups.append(dict(params=list(model.backbone.parameters()), lr=args.lr_backbone, name="backbone"))
-    optimizer = torch.optim.SGD(groups, lr=args.lr_classifier, momentum=0.9, weight_decay=args.weight_decay)
-    wrapped = dist.wrap_ddp(model, ctx)
+    # plain per-process BN when fine-tuning, as the original (no SyncBN)
+    run = setup_run(ctx, Classifier(backbone, backbone.feat_dim, len(classes), freeze),
+                    make_optimizer=lambda m: build_optimizer(m, args), sync_bn=False, ddp=True)
+    model, wrapped, optimizer = run.model, run.wrapped, run.optimizer
     train_classifier(model, wrapped, optimizer, train_loader, val_loader, epochs=args.epochs, out_dir=args.checkpoint_dir,
         ctx=ctx, val_every=args.val_epoch, max_steps=args.max_steps_per_epoch or None,
         print_freq=args.print_freq, reference=reference if freeze else None,
@@ -125,10 +147,18 @@ def main_worker(ctx: dist.DistContext, args) -> None:
 
 @cli_main
 def main(argv=None) -> None:
-    args = get_parser().parse_args(argv)
+    parser = get_parser()
+    args = parser.parse_args(argv)
+    check_flags(args, parser, NO_EFFECT, UNSUPPORTED)
     if args.val_epoch < 1 or args.epochs < 1:
         raise UserError("--epochs and --val_epoch must be positive")
-    dist.launch(main_worker, args)
+    for flag, v in (("--workers", args.workers), ("--max_steps_per_epoch", args.max_steps_per_epoch)):
+        if v < 0:
+            raise UserError(f"{flag} must be non-negative, got {v}")
+    # made here, inside the error wrapper and before any process is spawned: a bad path is one error line
+    os.makedirs(args.checkpoint_dir, exist_ok=True)
+    # one process per visible GPU, as the original's torch.multiprocessing.spawn (torchrun also works)
+    dist.launch(main_worker, args, multiprocessing_distributed=True)
 
 
 if __name__ == "__main__":

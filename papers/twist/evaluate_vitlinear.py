@@ -17,9 +17,24 @@ from core import dist
 from core.augment.recipes import BICUBIC, to_tensor_normalize
 from core.backbones import build_backbone
 from core.data import build_dataset, build_loader, seed_everything
+from core.engine import setup_run
 from core.errors import UserError, cli_main
+from core.flags import check_flags
 from core.eval import load_backbone_weights
 from core.eval.finetune import Classifier, train_classifier
+
+
+# accepted as the original accepts them, with no effect there either (a non-default value prints a warning)
+NO_EFFECT = {
+    "local_rank": "set by torch.distributed.launch; the process's local rank is read from LOCAL_RANK, as the "
+                  "original's init_distributed_mode",
+}
+# set by the launcher, not by the user: listed above, but no warning on the ranks it is passed to
+LAUNCHER_FLAGS = ("local_rank",)
+# cannot work here: a non-default value stops with a one-line error
+UNSUPPORTED = {
+    "use_lmdb": "LMDB is not supported in this repo; pass an ImageFolder tree or 'synthetic'",
+}
 
 
 def bool_flag(s: str) -> bool:
@@ -84,8 +99,6 @@ def last_blocks_features(n: int, avgpool: bool):
 def main_worker(ctx: dist.DistContext, args) -> None:
     from torchvision.transforms import v2 as T
 
-    if args.use_lmdb:
-        raise UserError("--use_lmdb 1 is not supported in this repo: pass an ImageFolder tree or 'synthetic'")
     seed_everything(args.seed, ctx.rank)
     vit = build_backbone(args.arch, img_size=args.img_size, patch_size=args.patch_size)
     if not 1 <= args.n_last_blocks <= len(vit.blocks):
@@ -101,7 +114,6 @@ def main_worker(ctx: dist.DistContext, args) -> None:
     feat_dim = vit.embed_dim * (args.n_last_blocks + int(args.avgpool_patchtokens))
     model = Classifier(vit, feat_dim, args.num_labels, freeze=True,
                        features=last_blocks_features(args.n_last_blocks, args.avgpool_patchtokens))
-    model = model.to(ctx.device)
     train_tf = T.Compose([T.RandomResizedCrop(args.img_size, interpolation=BICUBIC), T.RandomHorizontalFlip(),
                           *to_tensor_normalize()])
     val_tf = T.Compose([T.Resize(int(round(args.img_size * 256 / 224)), interpolation=BICUBIC),
@@ -110,11 +122,14 @@ def main_worker(ctx: dist.DistContext, args) -> None:
     val_ds = build_dataset(args.data_path, "val", val_tf, image_size=args.img_size, seed=args.seed)
     train_loader = build_loader(train_ds, args.batch_size_per_gpu, shuffle=True, drop_last=False,
                                 num_workers=args.num_workers, seed=args.seed)
+    # every val image counted once over the ranks (DINO's eval_linear ran the whole set on every rank)
     val_loader = build_loader(val_ds, args.batch_size_per_gpu, shuffle=False, drop_last=False,
-                              num_workers=args.num_workers)
+                              num_workers=args.num_workers, exact_eval=True)
     lr = args.lr * (args.batch_size_per_gpu * ctx.world_size) / 256.0
-    optimizer = torch.optim.SGD(model.fc.parameters(), lr=lr, momentum=0.9, weight_decay=0)
-    wrapped = dist.wrap_ddp(model, ctx)
+    run = setup_run(ctx, model, sync_bn=False, ddp=True,
+                    make_optimizer=lambda m: torch.optim.SGD(m.fc.parameters(), lr=lr, momentum=0.9,
+                                                             weight_decay=0))
+    model, wrapped, optimizer = run.model, run.wrapped, run.optimizer
     out_dir = os.path.join(args.output_dir, "linear_vit")
     best = train_classifier(model, wrapped, optimizer, train_loader, val_loader, epochs=args.epochs, out_dir=out_dir,
                ctx=ctx, val_every=args.val_freq, max_steps=args.max_steps_per_epoch or None, print_freq=20,
@@ -134,9 +149,19 @@ def _entry(path, key):
 
 @cli_main
 def main(argv=None) -> None:
-    args = get_parser().parse_args(argv)
+    parser = get_parser()
+    args = parser.parse_args(argv)
+    check_flags(args, parser, {k: v for k, v in NO_EFFECT.items() if k not in LAUNCHER_FLAGS},
+                UNSUPPORTED)
     if args.val_freq < 1 or args.epochs < 1:
         raise UserError("--epochs and --val_freq must be positive")
+    if args.batch_size_per_gpu < 1:
+        raise UserError(f"--batch_size_per_gpu must be positive, got {args.batch_size_per_gpu}")
+    for flag, v in (("--num_workers", args.num_workers), ("--max_steps_per_epoch", args.max_steps_per_epoch)):
+        if v < 0:
+            raise UserError(f"{flag} must be non-negative, got {v}")
+    # made here, inside the error wrapper: a bad path is one error line
+    os.makedirs(os.path.join(args.output_dir, "linear_vit"), exist_ok=True)
     dist.launch(main_worker, args, dist_url=args.dist_url)
 
 
