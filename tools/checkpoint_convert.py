@@ -34,6 +34,7 @@ Layouts (name: signature -> extraction):
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import pickle
 import re
@@ -284,11 +285,7 @@ def write_detectron2_pkl(state: Dict[str, Any], path: str, matching_heuristics: 
     format: ``DetectionCheckpointer`` loads it with name-matching heuristics). Tensors become numpy."""
     model = OrderedDict((k, v.detach().cpu().numpy() if torch.is_tensor(v) else v) for k, v in state.items())
     res = {"model": model, "__author__": author, "matching_heuristics": matching_heuristics}
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    with open(path, "wb") as f:
-        pickle.dump(res, f)
-    return path
+    return _atomic_write(path, lambda f: pickle.dump(res, f))
 
 
 def to_mmdet(backbone: Dict[str, torch.Tensor]) -> Dict[str, Any]:
@@ -302,11 +299,28 @@ def to_detector_keys(backbone: Dict[str, torch.Tensor], prefix: str = "backbone.
     return OrderedDict((prefix + k, v) for k, v in backbone.items() if not k.startswith("fc."))
 
 
-def save_torch(state: Dict[str, Any], path: str) -> str:
+def _atomic_write(path: str, write) -> str:
+    """Create the folder, write a temp file next to ``path`` (opened by Python, so an unwritable or missing
+    place is an ``OSError`` naming the path: one ``error:`` line through ``cli_main``) and ``os.replace`` it
+    onto ``path``: a kill mid-write leaves no truncated output. The file follows the umask."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    torch.save(state, path)
+    if os.path.isdir(path):
+        raise IsADirectoryError(errno.EISDIR, "is a directory", path)
+    tmp = os.path.join(folder, f".tmp_{os.path.basename(path)}.{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
     return path
+
+
+def save_torch(state: Dict[str, Any], path: str) -> str:
+    return _atomic_write(path, lambda f: torch.save(state, f))
 
 
 FORMATS = ("torchvision", "mmdet", "detectron2")
@@ -331,8 +345,12 @@ def convert(src: Any, dst: str, fmt: str = "torchvision", method: Optional[str] 
     return layout, bb
 
 
-@cli_main
-def main(argv=None) -> None:
+# every flag is read (tests/selfsup_det/test_sdet_flags.py)
+NO_EFFECT: Dict[str, str] = {}
+UNSUPPORTED: Dict[str, str] = {}
+
+
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Convert a self-supervised ResNet checkpoint (any known layout) "
                                             "to torchvision / MMDetection / detectron2")
     p.add_argument("src", help="input checkpoint")
@@ -341,7 +359,12 @@ def main(argv=None) -> None:
     p.add_argument("--selfsup", default="auto", choices=sorted(METHOD_LAYOUTS),
                    help="method the checkpoint comes from (auto = recognise the layout)")
     p.add_argument("--prefix", default=None, help="force this prefix to strip (unknown layouts)")
-    args = p.parse_args(argv)
+    return p
+
+
+@cli_main
+def main(argv=None) -> None:
+    args = build_parser().parse_args(argv)
     convert(args.src, args.dst, args.to, method=args.selfsup, prefix=args.prefix, verbose=True)
 
 

@@ -5,7 +5,10 @@
 
 The config gives the model (``frozen_stages=0``, ``norm='SyncBN'``, ``norm_eval=False``), data (COCO json +
 image folder, or ``root='synthetic'`` for the built-in set), SGD (lr 0.02 per 16 images, momentum 0.9, wd 1e-4),
-the step schedule with 500-iteration linear warm-up and epochs. Training runs in ``core.engine`` (atomic
+the step schedule with 500-iteration linear warm-up and epochs; ``optimizer.type``, ``lr_config``, ``model.norm``,
+``runner`` and ``evaluation.metric`` mean what they mean in mmdet 2.x, or stop with a one-line error
+(``tools/det/config.py`` lists every key). Set-up goes through ``core.engine.setup_run`` (device, SyncBN keeping
+the Parameters, DDP broadcast, optimizer from the final parameters). Training runs in ``core.engine`` (atomic
 ``latest.pth`` every epoch, ``--resume auto`` continues exactly), evaluation (bbox + segm AP, pycocotools)
 every ``evaluation.interval`` epochs; ``metrics.json`` in the work dir holds every evaluation and the seed's
 reference AP. ``--pretrained`` accepts any layout :mod:`tools.checkpoint_convert` recognises (a converted
@@ -24,13 +27,24 @@ import torch
 
 from core import dist
 from core.data import seed_everything
-from core.engine import EngineConfig, load_checkpoint, load_model_state, prepare_model, train
+from core.engine import EngineConfig, load_checkpoint, load_model_state, setup_run, train
 from core.errors import UserError, cli_main
+from core.flags import check_flags
 from tools.det.coco_eval import evaluate
-from tools.det.config import apply_overrides, load_config, scaled_lr, step_lr_with_warmup
+from tools.det.config import (MmcvLr, apply_overrides, check_config, eval_metrics, grad_clip, load_config,
+                              optimizer_class, optimizer_kwargs, scaled_lr)
 from tools.det.data import CocoInstances, build_det_loader
 from tools.det.model import build_mask_rcnn, load_pretrained
 from tools.det.synthetic_coco import write_synthetic_coco
+
+
+# launch and script flags: every one is read (tests/selfsup_det/test_sdet_flags.py); the config keys have their
+# own surface in tools/det/config.py (CONFIG_KEYS / CONFIG_CHOICES / CONFIG_UNSUPPORTED / CONFIG_NO_EFFECT)
+NO_EFFECT = {
+    "local_rank": "passed by torch.distributed.launch; the process reads LOCAL_RANK from the environment, "
+                  "which the launcher also sets",
+}
+UNSUPPORTED: Dict[str, str] = {}
 
 
 @dataclass
@@ -86,6 +100,32 @@ def model_cfg(cfg: Dict[str, Any]) -> Dict[str, Any]:
     return m
 
 
+def _barrier(ctx: dist.DistContext) -> None:
+    """A barrier bound to this process's GPU under NCCL (``device_ids``), so the first NCCL collective never
+    guesses the device from the global rank (wrong GPU with ``--gpus 2 3``)."""
+    if not dist.is_dist():
+        return
+    if ctx.device.type == "cuda" and torch.distributed.get_backend() == "nccl":
+        torch.distributed.barrier(device_ids=[ctx.device.index])
+    else:
+        torch.distributed.barrier()
+
+
+def build_optimizer(model: torch.nn.Module, cfg: Dict[str, Any], lr: float) -> torch.optim.Optimizer:
+    """mmcv ``build_optimizer``: ``torch.optim.<optimizer.type>`` over the trainable parameters with the
+    config's other arguments (``lr`` already scaled to the total batch)."""
+    opt_cfg = cfg["optimizer"]
+    params = [p for p in model.parameters() if p.requires_grad]
+    return optimizer_class(opt_cfg.get("type", "SGD"))(params, lr=lr, **optimizer_kwargs(opt_cfg))
+
+
+def _write_json(path: str, obj: Any) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1)
+    os.replace(tmp, path)
+
+
 def run(ctx: dist.DistContext, a: DetArgs) -> Dict[str, Any]:
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -94,7 +134,7 @@ def run(ctx: dist.DistContext, a: DetArgs) -> Dict[str, Any]:
     os.makedirs(a.work_dir, exist_ok=True)
     if ctx.is_main:
         train_set, val_set = build_data(cfg, a.work_dir)
-    dist.barrier()
+    _barrier(ctx)
     if not ctx.is_main:
         train_set, val_set = build_data(cfg, a.work_dir)
 
@@ -105,33 +145,46 @@ def run(ctx: dist.DistContext, a: DetArgs) -> Dict[str, Any]:
         print(f"=> loaded {n} backbone tensors from '{pretrained}' ({layout} layout)")
     else:
         print("=> backbone randomly initialised (no --pretrained)")
-    model = model.to(ctx.device)
-    if cfg["model"].get("norm", "BN") == "SyncBN" and ctx.distributed:
-        model.backbone.body = dist.convert_sync_bn(model.backbone.body)
-    model.train()
-    inner, wrapped = prepare_model(model, ctx, channels_last=False, sync_bn=False, ddp=True)
 
     d = cfg["data"]
     per_gpu = a.samples_per_gpu or int(d.get("samples_per_gpu", 2))
+    opt_cfg = cfg["optimizer"]
+    total_batch = per_gpu * ctx.world_size
+    base_lr = scaled_lr(float(opt_cfg["lr"]), total_batch, int(opt_cfg.get("base_batch_size", 16)),
+                        bool(opt_cfg.get("auto_scale_lr", True)))
+    # device -> SyncBN (model.norm=SyncBN: the backbone body holds the detector's only BN layers; Parameters
+    # kept) -> DDP broadcast -> optimizer from the final parameters
+    r = setup_run(ctx, model, sync_bn=cfg["model"].get("norm", "BN") == "SyncBN", ddp=not a.eval_only,
+                  channels_last=False,
+                  make_optimizer=None if a.eval_only else (lambda m: build_optimizer(m, cfg, base_lr)))
+    inner, wrapped, optimizer = r.model, r.wrapped, r.optimizer
+    inner.train()
+
     train_loader = build_det_loader(train_set, per_gpu, train=True, num_workers=int(d.get("workers_per_gpu", 0)),
                                     seed=a.seed)
     shard = list(range(ctx.rank, len(val_set), ctx.world_size))
     val_loader = build_det_loader(val_set, 1, train=False, sampler=shard)
+    metrics_wanted = eval_metrics(cfg)
 
     def do_eval() -> Dict[str, float]:
-        return evaluate(inner, val_loader, val_set.coco, val_set.label2cat, ctx.device)
+        return evaluate(inner, val_loader, val_set.coco, val_set.label2cat, ctx.device, iou_types=metrics_wanted)
 
     ref = cfg.get("reference", {})
     metrics_path = os.path.join(a.work_dir, "metrics.json")
     record: Dict[str, Any] = {"config": a.config, "reference": ref, "evaluations": []}
     if os.path.isfile(metrics_path):
-        with open(metrics_path) as f:
-            record["evaluations"] = json.load(f).get("evaluations", [])
+        try:
+            with open(metrics_path) as f:
+                record["evaluations"] = json.load(f).get("evaluations", [])
+        except (ValueError, AttributeError):
+            raise UserError(f"'{metrics_path}' is not a metrics file of train_det (remove it)") from None
 
-    def write_record():
+    def add_record(entry: Dict[str, Any]) -> None:
+        if entry.get("epoch") is not None:  # an epoch evaluated again after a resume replaces its entry
+            record["evaluations"] = [e for e in record["evaluations"] if e.get("epoch") != entry["epoch"]]
+        record["evaluations"].append(entry)
         if ctx.is_main:
-            with open(metrics_path, "w") as f:
-                json.dump(record, f, indent=1)
+            _write_json(metrics_path, record)
 
     if a.eval_only:
         if a.checkpoint:
@@ -140,30 +193,21 @@ def run(ctx: dist.DistContext, a: DetArgs) -> Dict[str, Any]:
                 raise UserError(f"checkpoint '{a.checkpoint}' has no 'model' entry")
             load_model_state(inner, ck["model"], f"checkpoint '{a.checkpoint}'")
         m = do_eval()
-        record["evaluations"].append({"epoch": None, "checkpoint": a.checkpoint or pretrained, **m})
-        write_record()
+        add_record({"epoch": None, "checkpoint": a.checkpoint or pretrained, **m})
         print(json.dumps({k: round(v, 4) for k, v in m.items()}))
         return m
 
-    opt_cfg = cfg["optimizer"]
-    total_batch = per_gpu * ctx.world_size
-    base_lr = scaled_lr(float(opt_cfg["lr"]), total_batch, int(opt_cfg.get("base_batch_size", 16)),
-                        bool(opt_cfg.get("auto_scale_lr", True)))
-    params = [p for p in inner.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=base_lr, momentum=float(opt_cfg.get("momentum", 0.9)),
-                                weight_decay=float(opt_cfg.get("weight_decay", 1e-4)))
-    sched = cfg["lr_config"]
     epochs = a.epochs or int(cfg["runner"]["max_epochs"])
     steps_per_epoch = len(train_loader)
     if a.max_iters_per_epoch:
         steps_per_epoch = min(steps_per_epoch, a.max_iters_per_epoch)
+    schedule = MmcvLr(cfg["lr_config"], base_lr, steps_per_epoch, epochs)
     print(f"=> {len(train_set)} train / {len(val_set)} val images, {train_set.num_classes} classes, "
-          f"{ctx.world_size} process(es) x {per_gpu} images, lr {base_lr:g}, {epochs} epochs x {steps_per_epoch} it")
+          f"{ctx.world_size} process(es) x {per_gpu} images, {type(optimizer).__name__} lr {base_lr:g}, "
+          f"{epochs} epochs x {steps_per_epoch} it")
 
     def before_step(step: int, total: int) -> None:
-        lr = step_lr_with_warmup(step, step // steps_per_epoch, base_lr, sched["step"],
-                                 float(sched.get("gamma", 0.1)), int(sched.get("warmup_iters", 500)),
-                                 float(sched.get("warmup_ratio", 0.001)))
+        lr = schedule(step)
         for g in optimizer.param_groups:
             g["lr"] = lr
 
@@ -173,23 +217,24 @@ def run(ctx: dist.DistContext, a: DetArgs) -> Dict[str, Any]:
         if a.no_eval or not ((epoch + 1) % interval == 0 or epoch + 1 == epochs):
             return {}
         m = do_eval()
-        record["evaluations"].append({"epoch": epoch + 1, **m})
-        write_record()
+        add_record({"epoch": epoch + 1, **m})
         return m
 
-    ecfg = EngineConfig(epochs=epochs, output_dir=a.work_dir, amp=cfg.get("amp", "off"), clip_grad=0.0,
+    ecfg = EngineConfig(epochs=epochs, output_dir=a.work_dir, amp=cfg.get("amp", "off"), clip_grad=grad_clip(cfg),
                         channels_last=False, print_freq=int(cfg.get("log_interval", 50)),
                         ckpt_names=("latest.pth",), resume=a.resume, max_steps_per_epoch=a.max_iters_per_epoch,
                         desc="det")
     history = train(wrapped, optimizer, train_loader, ecfg, ctx, before_step=before_step, end_epoch=end_epoch)
     final = {k: v for k, v in (history[-1] if history else {}).items() if k.startswith(("bbox_", "segm_"))}
     if ctx.is_main and final:
-        print(f"final box AP {final.get('bbox_mAP', 0) * 100:.1f} / mask AP {final.get('segm_mAP', 0) * 100:.1f}"
+        parts = [f"{name} AP {final[key] * 100:.1f}" for name, key in (("box", "bbox_mAP"), ("mask", "segm_mAP"))
+                 if key in final]
+        print("final " + " / ".join(parts)
               + (f" (seed reference {ref.get('box_ap')} / {ref.get('mask_ap')} on COCO)" if ref else ""))
     return final
 
 
-def parse_args(argv=None):
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("config", help="config file (papers/selfsup_det/configs/*.py)")
     p.add_argument("--pretrained", default=None,
@@ -209,6 +254,11 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0 = default)")
     p.add_argument("--cfg-options", nargs="*", default=[], help="override config entries: key.sub=value")
     dist.add_launch_args(p, gpus=True)
+    return p
+
+
+def parse_args(argv=None):
+    p = build_parser()
     ns = p.parse_args(argv)
     for flag in ("epochs", "max_iters_per_epoch", "samples_per_gpu"):
         value = getattr(ns, flag)
@@ -216,10 +266,12 @@ def parse_args(argv=None):
             raise UserError(f"--{flag.replace('_', '-')} must be a positive integer, got {value}")
     if ns.threads < 0:
         raise UserError(f"--threads must be >= 0, got {ns.threads}")
+    check_flags(ns, p, NO_EFFECT, UNSUPPORTED)
     cfg = apply_overrides(load_config(ns.config), ns.cfg_options)
     for key in ("model", "data", "optimizer", "lr_config", "runner"):
         if key not in cfg:
             raise UserError(f"config '{ns.config}' has no '{key}' section")
+    check_config(cfg)
     if ns.data_root is not None:
         cfg["data"]["root"] = ns.data_root
     a = DetArgs(config=ns.config, pretrained=ns.pretrained, selfsup=ns.selfsup, work_dir=ns.work_dir,
@@ -233,6 +285,7 @@ def parse_args(argv=None):
 @cli_main
 def main(argv=None) -> None:
     a, ns = parse_args(argv)
+    os.makedirs(a.work_dir, exist_ok=True)  # here, so a bad output path is one line before any process starts
     if ns.dist_url.startswith("tcp://224.66.41.62"):
         ns.dist_url = "env://"  # the MoCo-style default address is a placeholder; use env:// locally
     world = ns.world_size if ns.world_size and ns.world_size > 0 else 1

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import io
-from typing import Dict, List
+from typing import Dict, List, Sequence
 
 import numpy as np
 import torch
@@ -45,11 +45,12 @@ def to_coco_results(outputs: List[Dict], image_ids: List[int], label2cat: Dict[i
     return {"bbox": bbox, "segm": segm}
 
 
-def summarize(coco_gt, results: Dict[str, List[Dict]], image_ids: List[int], verbose: bool = True
-              ) -> Dict[str, float]:
-    """Run COCOeval per iou type; returns ``{'bbox_mAP': ..., 'segm_mAP_50': ...}`` (0 for no detections)."""
+def summarize(coco_gt, results: Dict[str, List[Dict]], image_ids: List[int], verbose: bool = True,
+              iou_types: Sequence[str] = ("bbox", "segm")) -> Dict[str, float]:
+    """Run COCOeval per iou type (the config's ``evaluation.metric``); returns ``{'bbox_mAP': ...,
+    'segm_mAP_50': ...}`` (0 for no detections)."""
     metrics = {}
-    for iou_type in ("bbox", "segm"):
+    for iou_type in iou_types:
         dets = results.get(iou_type, [])
         if not dets:
             metrics.update({f"{iou_type}_{n}": 0.0 for n in STAT_NAMES})
@@ -71,8 +72,8 @@ def summarize(coco_gt, results: Dict[str, List[Dict]], image_ids: List[int], ver
 
 
 @torch.no_grad()
-def evaluate(model, loader, coco_gt, label2cat: Dict[int, int], device, verbose: bool = True
-             ) -> Dict[str, float]:
+def evaluate(model, loader, coco_gt, label2cat: Dict[int, int], device, verbose: bool = True,
+             iou_types: Sequence[str] = ("bbox", "segm")) -> Dict[str, float]:
     """Inference over ``loader`` (this rank's shard), gather every rank's results, COCO AP."""
     was_training = model.training
     model.eval()
@@ -91,4 +92,4 @@ def evaluate(model, loader, coco_gt, label2cat: Dict[int, int], device, verbose:
         results = {k: [r for g in gathered for r in g[0][k]] for k in results}
         ids = [i for g in gathered for i in g[1]]
     model.train(was_training)
-    return summarize(coco_gt, results, ids, verbose=verbose and dist.is_main_process())
+    return summarize(coco_gt, results, ids, verbose=verbose and dist.is_main_process(), iou_types=iou_types)

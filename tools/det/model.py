@@ -6,7 +6,8 @@
 * ``frozen_stages`` with mmdet semantics (spec §2.3): ``>= 0`` freezes the stem (conv1 + bn1, BN in eval mode),
   ``k >= 1`` also layer1..k; ``-1`` freezes nothing. The seed's configs use 0: layer1-4 train, stem frozen;
 * ``norm_eval``: True keeps every backbone BN in eval mode; the selfsup configs use False (BN trains);
-* ``norm='SyncBN'``: the backbone BNs synchronise over ranks (:func:`core.dist.convert_sync_bn`);
+* ``norm``: ``SyncBN`` (the seed's): the backbone BNs synchronise over ranks (``core.engine.setup_run``; the
+  body holds the only BN layers of the detector); ``BN``: per-process BN; ``GN``: GroupNorm (``norm_groups``);
 * heads and test settings as mmdet's base model: anchors 32-512 (scale 8 x strides 4-64), ratios 0.5/1/2,
   RPN NMS 0.7 with 2000/1000 pre/post-NMS boxes in training and 1000/1000 at test, 512 RoIs at 25% positives,
   2x1024-fc box head, 4-conv mask head, score threshold 0.05, NMS 0.5, 100 detections, mask threshold 0.5;
@@ -21,6 +22,7 @@ import torch
 import torch.nn as nn
 import torchvision
 from torchvision.models.detection import MaskRCNN
+from torchvision.models.detection._utils import BoxCoder
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.models.detection.faster_rcnn import TwoMLPHead
@@ -45,6 +47,31 @@ def build_body(name: str) -> nn.Module:
     raise UserError(f"unknown detection backbone '{name}' (choose one of {', '.join(BODIES)})")
 
 
+def apply_norm(body: nn.Module, norm: str = "BN", groups: int = 32) -> nn.Module:
+    """mmdet ``norm_cfg.type`` of the backbone. ``BN`` / ``SyncBN``: the trunk's ``BatchNorm2d`` (SyncBN is
+    converted by ``core.engine.setup_run`` when several processes run; one process keeps BN, as mmengine
+    reverts SyncBN there). ``GN``: every ``BatchNorm2d`` becomes ``GroupNorm(groups, C)`` with weight 1, bias 0
+    (mmcv's norm init)."""
+    if norm in ("BN", "SyncBN"):
+        return body
+    if norm != "GN":
+        raise UserError(f"config model.norm={norm!r} is not supported (choose BN, SyncBN, GN)")
+
+    def swap(mod: nn.Module) -> None:
+        for name, child in mod.named_children():
+            if isinstance(child, nn.BatchNorm2d):
+                c = child.num_features
+                if c % groups:
+                    raise UserError(f"config model.norm_groups={groups} does not divide the {c} channels of "
+                                    f"the backbone's {name}")
+                setattr(mod, name, nn.GroupNorm(groups, c, eps=child.eps))
+            else:
+                swap(child)
+
+    swap(body)
+    return body
+
+
 def _stage_channels(body: nn.Module):
     out = []
     for i in (1, 2, 3, 4):
@@ -52,6 +79,37 @@ def _stage_channels(body: nn.Module):
         conv = getattr(last, "conv3", None) or last.conv2
         out.append(conv.out_channels)
     return out
+
+
+class FP32AnchorGenerator(AnchorGenerator):
+    """torchvision's generator builds anchors in the feature dtype: under bf16 autocast the anchors of an
+    800 x 1216 input are off by up to 7 px. This one always builds them in float32 (only the features' shapes
+    and device are read, through zero-size stand-ins)."""
+
+    def forward(self, image_list, feature_maps):
+        stand_ins = [torch.empty((), dtype=torch.float32, device=f.device).expand(f.shape) for f in feature_maps]
+        return super().forward(image_list, stand_ins)
+
+
+class FP32BoxCoder(BoxCoder):
+    """torchvision decodes boxes in the regression dtype (bf16 under autocast: boxes off by up to 11 px at
+    800 x 1216); box encoding and decoding here run in float32 whatever the autocast dtype."""
+
+    def decode(self, rel_codes, boxes):
+        return super().decode(rel_codes.float(), [b.float() for b in boxes])
+
+    def encode(self, reference_boxes, proposals):
+        return super().encode([b.float() for b in reference_boxes], [p.float() for p in proposals])
+
+
+def fp32_box_coding(model: MaskRCNN) -> MaskRCNN:
+    """Anchors and box coding of the RPN and the RoI heads in float32 (same weights and clip as before)."""
+    ag = model.rpn.anchor_generator
+    model.rpn.anchor_generator = FP32AnchorGenerator(ag.sizes, ag.aspect_ratios)
+    for owner in (model.rpn, model.roi_heads):
+        bc = owner.box_coder
+        owner.box_coder = FP32BoxCoder(bc.weights, bc.bbox_xform_clip)
+    return model
 
 
 class SelfSupMaskRCNN(MaskRCNN):
@@ -100,7 +158,8 @@ class SelfSupMaskRCNN(MaskRCNN):
 
 def build_mask_rcnn(cfg: Dict[str, Any], num_classes: int) -> SelfSupMaskRCNN:
     """Build the detector from the ``model`` section of a config; ``num_classes`` excludes background."""
-    body = build_body(cfg.get("backbone", "resnet50"))
+    body = apply_norm(build_body(cfg.get("backbone", "resnet50")), cfg.get("norm", "BN"),
+                      int(cfg.get("norm_groups", 32)))
     in_channels = _stage_channels(body)
     out_ch = int(cfg.get("fpn_channels", 256))
     backbone = BackboneWithFPN(body, {"layer1": "0", "layer2": "1", "layer3": "2", "layer4": "3"},
@@ -130,7 +189,7 @@ def build_mask_rcnn(cfg: Dict[str, Any], num_classes: int) -> SelfSupMaskRCNN:
         mask_predictor=_mask_predictor(mask_dim, num_classes + 1),
     )
     init_as_mmdet(model)
-    return model
+    return fp32_box_coding(model)
 
 
 @torch.no_grad()
@@ -171,7 +230,11 @@ def load_pretrained(model: SelfSupMaskRCNN, path_or_obj, method: str = None) -> 
     body = model.backbone.body
     own = body.state_dict()
     missing = [k for k in own if k not in bb and not k.endswith("num_batches_tracked")]
-    unexpected = [k for k in bb if k not in own]
+    has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in body.modules())
+    # a GN trunk takes a BN checkpoint's weight/bias; its running statistics are left out, as mmengine's
+    # strict=False load reports them as unexpected and skips them
+    skip = () if has_bn else ("running_mean", "running_var", "num_batches_tracked")
+    unexpected = [k for k in bb if k not in own and not (skip and k.endswith(skip))]
     bad = [k for k in own if k in bb and tuple(bb[k].shape) != tuple(own[k].shape)]
     if missing or unexpected or bad:
         raise UserError(f"pretrained backbone ({layout} layout) does not fit the detector's "
