@@ -162,10 +162,11 @@ def _crops(n_local, b=4, seed=0):
            [torch.randn(b, 3, 16, 16, generator=g) for _ in range(n_local)]
 
 
+@pytest.mark.parametrize("amp", [None, torch.bfloat16, torch.float16])  # autocast on CPU emulates --amp 1
 @pytest.mark.parametrize("stage,extra,n_local", [
     ("twist", (), 2), ("teacher", ("--use_momentum_encoder", "1"), 2), ("self_label", (), 12),
     ("self_label_teacher", ("--use_momentum_encoder", "1"), 2)])
-def test_training_step_reads_nothing_back_to_the_host(stage, extra, n_local):
+def test_training_step_reads_nothing_back_to_the_host(stage, extra, n_local, amp):
     args = _tiny_args("--local_crops_number", str(n_local), *extra)
     torch.manual_seed(0)
     model = T.build_twist(args)
@@ -182,12 +183,13 @@ def test_training_step_reads_nothing_back_to_the_host(stage, extra, n_local):
     method.extra_logs = {"lrb": 0.1, "wd": 1e-6, "wdb": 0.0}
     batch = (_crops(n_local), torch.arange(4))
     with count_host_syncs() as c:
-        loss, logs = model(batch)
+        with torch.autocast("cpu", dtype=amp or torch.float32, enabled=amp is not None):
+            loss, logs = model(batch)
         loss.backward()
         if teacher is not None:
             T.ema_update(model, teacher, 0.99)
     assert c.count == 0, c.where
-    assert torch.isfinite(loss)
+    assert torch.isfinite(loss) and loss.dtype == torch.float32  # the loss in fp32 under autocast too
     # the schedule values stay python floats: no tensor is made on the host per step
     assert all(not torch.is_tensor(logs[k]) for k in ("lrb", "wd", "wdb"))
     assert ("threshold" in logs) == stage.startswith("self_label")
