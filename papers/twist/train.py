@@ -140,6 +140,7 @@ def main_worker(ctx: dist.DistContext, args) -> None:
         torch.backends.cudnn.benchmark = not args.determine
         torch.backends.cudnn.deterministic = bool(args.determine)
     output_dir = args.output_dir or "."
+    os.makedirs(output_dir, exist_ok=True)  # also made by main(); main_worker may be called on its own
     print(f"global crops: {args.global_crops_scale}\nlocal  crops: {args.local_crops_scale}")
 
     bunch_group = None
