@@ -117,3 +117,24 @@ def test_lincls_pretrained_resets_start_epoch(tmp_path, capsys, monkeypatch):
                                      "--pretrained", ckpt, "--output-dir", str(lin)])
     state = torch.load(lin / "checkpoint.pth.tar", map_location="cpu", weights_only=False)
     assert state["epoch"] == 1  # one epoch (0) trained; honouring --start-epoch 3 would train none
+
+
+@pytest.mark.slow
+def test_two_process_simsiam_trains_bn_and_warns_on_uneven_batch(tmp_path):
+    """2 gloo processes (issue #11.1): the optimizer holds the converted BN's Parameters, so every BN bias
+    moves from its initial 0; -b 9 over 2 processes floors to 4 each with one warning line (as the original)."""
+    import subprocess
+    import sys
+
+    env = dict(os.environ, SSL_CPU_PROCS="2", OMP_NUM_THREADS="1")
+    r = subprocess.run([sys.executable, os.path.join(RDM, "main_simsiam.py"), "synthetic", *TINY, "--epochs", "1",
+                        "-b", "9", "--dim", "16", "--pred-dim", "8", "--pred-type", "poly", "--sigma", "1",
+                        "--multiprocessing-distributed", "--dist-url", "env://", "--output-dir", str(tmp_path)],
+                       env=env, capture_output=True, text=True, timeout=300, cwd=RDM)
+    assert r.returncode == 0, r.stderr[-2000:]
+    warn = [ln for ln in r.stderr.splitlines() if ln.startswith("warning: --batch-size=9")]
+    assert len(warn) == 1
+    sd = torch.load(tmp_path / "checkpoint_0000.pth.tar", map_location="cpu", weights_only=False)["state_dict"]
+    biases = [k for k in sd if k.endswith(".bias") and ("bn" in k or k.endswith(("fc.1.bias", "fc.4.bias")))]
+    assert any("fc.1" in k for k in biases)
+    assert biases and all(sd[k].abs().sum() > 0 for k in biases), [k for k in biases if sd[k].abs().sum() == 0]
