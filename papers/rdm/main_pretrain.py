@@ -12,7 +12,7 @@ import torch
 from core import dist
 from core.data import build_loader, seed_everything
 from core.engine import EngineConfig, setup_run, train
-from core.errors import UserError, cli_main
+from core.errors import cli_main
 from core.flags import check_flags
 from core.optim import ema_momentum
 from rdm_lib.diagnostics import RankMonitor
