@@ -23,7 +23,7 @@ demo: $(STAMP)
 	$(VPY) -m core.demo --out demo_out
 
 # detection transfer end to end on CPU: Mask R-CNN (resnet_tiny) fine-tuned on the built-in COCO-format set,
-# COCO box/mask AP at epochs 3 and 6 (about 1 minute on 2 cores: box AP 0.0 at init -> 23.1, mask 21.5)
+# COCO box/mask AP at epochs 3 and 6 (23.1 / 21.5 measured before the mmdet init and 2-image batches; not yet re-measured)
 det-demo: $(STAMP)
 	$(VPY) tools/train_det.py papers/selfsup_det/configs/synthetic_tiny.py --pretrained none \
 		--work-dir demo_out/det --epochs 6 --cfg-options "lr_config.step=[4,5]" evaluation.interval=3
