@@ -150,13 +150,14 @@ def init_process_group(rank: int, world_size: int, dist_url: str = "env://",
         raise
 
 
-def per_process_batch(global_batch: int, world_size: int, what: str = "--batch-size") -> int:
+def per_process_batch(global_batch: int, world_size: int, what: str = "--batch-size", warn: bool = True) -> int:
     """``global_batch // world_size`` as the originals compute it, with one warning line when the process
-    count does not divide it (samples are dropped) and a UserError when it is 0."""
+    count does not divide it (samples are dropped; ``warn=ctx.is_main`` prints it once per run) and a UserError
+    on every rank when it is 0."""
     per = int(global_batch) // max(1, int(world_size))
     if per < 1:
         raise UserError(f"{what}={global_batch} is smaller than the {world_size} processes")
-    if per * world_size != global_batch:
+    if warn and per * world_size != global_batch:
         sys.stderr.write(f"warning: {what}={global_batch} is not divisible by {world_size} processes: each "
                          f"takes {per} (global batch {per * world_size}, as the original floors it)\n")
         sys.stderr.flush()

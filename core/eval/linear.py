@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import time
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence
@@ -70,6 +71,16 @@ class LinearEvalConfig:
     evaluate: bool = False
     max_steps_per_epoch: Optional[int] = None
     model_prefix: str = "module."   # the originals save the DDP-wrapped state dict
+
+
+def pretrained_start_epoch(start_epoch: int, pretrained) -> int:
+    """The lincls scripts' ``--start-epoch``: ``--pretrained`` resets it to 0 as the originals do (one warning
+    line when it was set; ``--resume`` then sets it from the checkpoint)."""
+    if pretrained and start_epoch != 0:
+        print(f"warning: --start-epoch={start_epoch} is reset to 0 by --pretrained (as the original)",
+              file=sys.stderr, flush=True)
+        return 0
+    return start_epoch
 
 
 @torch.no_grad()

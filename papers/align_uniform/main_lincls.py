@@ -10,7 +10,6 @@ dropped); the backbone stays frozen in eval mode (BN statistics frozen) and only
 from __future__ import annotations
 
 import os
-import sys
 
 import torch
 from torch.utils.data import DataLoader, SequentialSampler
@@ -19,6 +18,7 @@ from core.augment import eval_transform, linear_train_transform
 from core.data import build_dataset, build_loader, is_synthetic
 from core.data.datasets import TORCHVISION_SETS, split_dir
 from core.engine import load_checkpoint, setup_run
+from core.eval.linear import pretrained_start_epoch
 from core.errors import UserError, cli_main
 from core.flags import check_flags
 from core.eval import LinearEvalConfig, freeze_all_but, init_linear_head, run_linear_eval
@@ -77,13 +77,8 @@ def check_args(args) -> None:
 
 
 def start_epoch(args) -> int:
-    """``--start-epoch``, except that ``--pretrained`` resets it to 0 as the original does (``--resume`` then
-    sets it from the checkpoint)."""
-    if args.pretrained and args.start_epoch != 0:
-        print(f"warning: --start-epoch={args.start_epoch} is reset to 0 by --pretrained (as the original)",
-              file=sys.stderr, flush=True)
-        return 0
-    return args.start_epoch
+    """``--start-epoch`` after the originals' ``--pretrained`` reset (see ``pretrained_start_epoch``)."""
+    return pretrained_start_epoch(args.start_epoch, args.pretrained)
 
 
 @cli_main

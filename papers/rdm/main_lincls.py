@@ -81,12 +81,7 @@ def run(ctx, args):
     nprocs = max(1, ctx.world_size // max(1, args.world_size if args.world_size > 0 else 1))
     batch = args.batch_size
     if args.multiprocessing_distributed:  # the original floors -b / procs; one warning line (main rank)
-        if ctx.is_main:
-            batch = dist.per_process_batch(batch, nprocs)
-        elif batch // nprocs < 1:  # the main rank raises the same error
-            raise UserError(f"--batch-size={batch} is smaller than the {nprocs} processes")
-        else:
-            batch = batch // nprocs
+        batch = dist.per_process_batch(batch, nprocs, warn=ctx.is_main)
     workers = (args.workers + nprocs - 1) // nprocs if args.multiprocessing_distributed else args.workers
     train_ds = build_dataset(args.data, "train", linear_train_transform(args.image_size),
                              image_size=args.image_size)

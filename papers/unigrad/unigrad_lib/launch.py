@@ -6,8 +6,6 @@
 """
 from __future__ import annotations
 
-import contextlib
-import io
 import os
 import subprocess
 
@@ -18,10 +16,7 @@ from core.errors import UserError
 def per_rank_batch(total: int, ctx: dist.DistContext, what: str) -> int:
     """``total // world_size``, as the originals' ``int(batch / world_size)``; the not-divisible warning of
     :func:`core.dist.per_process_batch` comes once, from the main rank (every rank gets the error for 0)."""
-    if ctx.is_main:
-        return dist.per_process_batch(total, ctx.world_size, what)
-    with contextlib.redirect_stderr(io.StringIO()):
-        return dist.per_process_batch(total, ctx.world_size, what)
+    return dist.per_process_batch(total, ctx.world_size, what, warn=ctx.is_main)
 
 
 def slurm_env(port: int) -> None:
