@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # Pinned to the builds this registry serves without a large download; GPU machines may have torch 2.11.
 TORCH_PIN ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: demo det-demo test test-slow venv clean
+.PHONY: demo det-demo test test-slow venv clean bench gpu-check compare mutate flake-check
 
 $(VPY):
 	$(PY) -m venv $(VENV)
@@ -33,6 +33,26 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(VPY) -m pytest -q -m slow tests
+
+# throughput (pairs/s, peak memory, GFLOP/pair) of every paper's main training step and of the input pipeline
+bench: $(STAMP)
+	$(VPY) -m core.bench
+
+# every training entry point for ~20 steps on this machine's accelerator (tiny sizes on CPU), then one resume
+gpu-check: $(STAMP)
+	$(VPY) tools/gpu_check.py
+
+# every method of the five papers trained through its own script with one shared budget, one table
+compare: $(STAMP)
+	$(VPY) -m core.compare --data synthetic
+
+# mutation testing of the modules whose numbers matter (slow; not part of `make test`), see tests/MUTATION.md
+mutate: $(STAMP)
+	$(VPY) tools/mutate.py
+
+# every distributed test file RUNS times in a row (default 30); not part of `make test`
+flake-check: $(STAMP)
+	tools/flake_check.sh $(RUNS)
 
 clean:
 	rm -rf demo_out runs
