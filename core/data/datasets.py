@@ -1,5 +1,5 @@
 """Dataset builders: ImageFolder (ImageNet layout), ImageNet-100 by class list, CIFAR-10/100, STL-10, and the
-built-in synthetic set. Every builder fails with a one-line :class:`~core.errors.UserError` on bad input."""
+built-in synthetic shapes and digits sets. Every builder fails with a one-line :class:`~core.errors.UserError` on bad input."""
 from __future__ import annotations
 
 import os
@@ -9,12 +9,18 @@ from PIL import Image, UnidentifiedImageError
 import torchvision.datasets as tvd
 
 from core.errors import UserError
+from core.data.digits import Digits, is_digits
 from core.data.synthetic import SyntheticShapes, is_synthetic
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".JPEG")
 TORCHVISION_SETS = ("cifar10", "cifar100", "stl10")
 # synthetic split sizes when a script gives none
 SYNTHETIC_DEFAULT_SIZES = {"train": 5000, "val": 1000}
+
+
+def is_builtin(name) -> bool:
+    """A reserved built-in dataset name (``synthetic`` shapes or ``digits``) instead of a data path."""
+    return is_synthetic(name) or is_digits(name)
 
 
 def pil_loader(path: str) -> Image.Image:
@@ -87,7 +93,8 @@ def build_dataset(data: str, split: str = "train", transform: Optional[Callable]
                   seed: int = 0, root_is_split: bool = False, download: bool = False):
     """One entry point for every script's dataset path.
 
-    ``data`` is the reserved name ``synthetic`` (built-in set, ``image_size`` px), ``cifar10``/``cifar100``/
+    ``data`` is a reserved name, ``synthetic`` (shapes) or ``digits`` (scikit-learn's handwritten digits, fixed
+    train/val split; ``num_samples`` caps a split), both at ``image_size`` px, or ``cifar10``/``cifar100``/
     ``stl10`` optionally as ``name:ROOT`` (torchvision format under ROOT, default ``./datasets``), or a folder
     in the ImageNet layout (``data/train/<class>``, ``data/val/<class>``; with ``root_is_split`` the folder is
     the split itself). ``class_subset`` is a class-list file or list (ImageNet-100).
@@ -95,6 +102,8 @@ def build_dataset(data: str, split: str = "train", transform: Optional[Callable]
     if is_synthetic(data):
         n = num_samples or SYNTHETIC_DEFAULT_SIZES.get(split, 1000)
         return SyntheticShapes(n, image_size, seed, "train" if split == "train" else "val", transform)
+    if is_digits(data):
+        return Digits("train" if split == "train" else "val", image_size, transform, num_samples)
     name, _, root = data.partition(":")
     if name.lower() in TORCHVISION_SETS:
         return torchvision_dataset(name.lower(), split, transform, root or "./datasets", download)

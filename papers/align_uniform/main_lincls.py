@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import DataLoader, SequentialSampler
 
 from core.augment import eval_transform, linear_train_transform
-from core.data import build_dataset, build_loader, is_synthetic
+from core.data import build_dataset, build_loader, is_builtin
 from core.data.datasets import TORCHVISION_SETS, split_dir
 from core.engine import load_checkpoint, setup_run
 from core.eval.linear import pretrained_start_epoch
@@ -67,7 +67,7 @@ def load_pretrained(model, path: str):
 
 def check_args(args) -> None:
     check_has_fc(args.arch)
-    if not is_synthetic(args.data) and args.data.partition(":")[0].lower() not in TORCHVISION_SETS:
+    if not is_builtin(args.data) and args.data.partition(":")[0].lower() not in TORCHVISION_SETS:
         split_dir(args.data, "train")
         split_dir(args.data, "val")
     if args.pretrained and not os.path.isfile(args.pretrained):

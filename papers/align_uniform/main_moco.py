@@ -13,7 +13,7 @@ import os
 import torch
 
 from core.augment import MultiView, moco_v1, moco_v2
-from core.data import build_dataset, build_loader, is_synthetic
+from core.data import build_dataset, build_loader, is_builtin
 from core.data.datasets import TORCHVISION_SETS, split_dir
 from core.engine import EngineConfig, setup_run, train
 from core.errors import UserError, cli_main
@@ -45,7 +45,7 @@ def check_args(args) -> None:
         raise UserError(f"--moco-align-alpha must be positive, got {args.moco_align_alpha}")
     if args.mlp:
         check_has_fc(args.arch)
-    if not is_synthetic(args.data) and args.data.partition(":")[0].lower() not in TORCHVISION_SETS:
+    if not is_builtin(args.data) and args.data.partition(":")[0].lower() not in TORCHVISION_SETS:
         split_dir(args.data, "train")
     if args.resume and not os.path.isfile(args.resume):
         raise UserError(f"no checkpoint found at '{args.resume}'")

@@ -23,7 +23,7 @@ from core import dist
 from core.augment.recipes import eval_transform, linear_train_transform
 from core.backbones import build_backbone
 from core.data import build_dataset, build_loader, read_file_list, seed_everything, subset_by_file_list
-from core.data.synthetic import is_synthetic
+from core.data import is_builtin
 from core.engine import load_checkpoint, setup_run
 from core.errors import UserError, cli_main
 from core.flags import check_flags
@@ -78,8 +78,8 @@ def get_parser() -> argparse.ArgumentParser:
 def subset(args, ds):
     if args.train_percent == 100:
         return ds
-    if is_synthetic(args.data):
-        # the built-in set has no SimCLR list: keep the first k % of every class (deterministic)
+    if is_builtin(args.data):
+        # the built-in sets have no SimCLR list: keep the first k % of every class (deterministic)
         keep = [i for i in range(len(ds)) if (i // 10) % 100 < args.train_percent]
         sub = torch.utils.data.Subset(ds, keep)
         sub.targets = [ds.targets[i] for i in keep]

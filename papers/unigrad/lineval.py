@@ -20,7 +20,7 @@ import torch.nn as nn
 from core import dist
 from core.augment import eval_transform, linear_train_transform
 from core.backbones import build_backbone
-from core.data import build_dataset, build_loader
+from core.data import build_dataset, build_loader, is_builtin
 from core.engine import load_checkpoint, setup_run
 from core.eval.linear import pretrained_start_epoch
 from core.errors import UserError, cli_main
@@ -155,10 +155,10 @@ def main_worker(ctx: dist.DistContext, args) -> None:
     torch.backends.cudnn.benchmark = True  # as the original lineval.py (set unconditionally)
     W = ctx.world_size
     size = args.image_size
-    if args.data == "synthetic":
-        train_set = build_dataset("synthetic", "train", linear_train_transform(size), image_size=size,
+    if is_builtin(args.data):
+        train_set = build_dataset(args.data, "train", linear_train_transform(size), image_size=size,
                                   num_samples=args.num_samples)
-        val_set = build_dataset("synthetic", "val", eval_transform(size), image_size=size)
+        val_set = build_dataset(args.data, "val", eval_transform(size), image_size=size)
     else:
         train_set = build_dataset(args.data, "train", linear_train_transform(size))
         val_set = build_dataset(args.data, "val", eval_transform(size))

@@ -16,7 +16,7 @@ import torch
 
 from core import dist
 from core.augment import MultiView, eval_transform, moco_v2
-from core.data import build_dataset, build_loader, is_synthetic, seed_everything
+from core.data import build_dataset, build_loader, is_builtin, seed_everything
 from core.engine import EngineConfig, copy_checkpoint, load_checkpoint, setup_run, strip_prefix, train
 from core.engine.trainer import load_model_state
 from core.errors import cli_main
@@ -40,11 +40,11 @@ UNSUPPORTED: dict = {}
 
 
 def make_dataset(path, split, transform, cfg):
-    """``synthetic`` = built-in set (``image_size`` px, ``num_samples`` train images); otherwise an
+    """``synthetic`` / ``digits`` = built-in set (``image_size`` px, ``num_samples`` train images); otherwise an
     ImageFolder root that *is* the split (original ``train_datadir`` / ``test_datadir``)."""
-    if is_synthetic(path):
+    if is_builtin(path):
         n = cfg.num_samples if split == "train" else None
-        return build_dataset("synthetic", split, transform, image_size=cfg.image_size, num_samples=n,
+        return build_dataset(path, split, transform, image_size=cfg.image_size, num_samples=n,
                              seed=cfg.seed)
     return build_dataset(path, split, transform, root_is_split=True)
 

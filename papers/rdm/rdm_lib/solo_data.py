@@ -8,7 +8,7 @@ from torchvision.transforms import v2 as T
 
 from core.augment import (BICUBIC, CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD, IMAGENET_MEAN,
                           MultiView, eval_transform, solo_pipeline, to_tensor_normalize)
-from core.data import build_dataset, is_synthetic
+from core.data import build_dataset, is_builtin
 
 # solo's DALI normalisation uses std 0.228 for the red channel (spec §4c)
 DALI_STD = (0.228, 0.224, 0.225)
@@ -50,10 +50,10 @@ def linear_train_transform(dataset: str, size: int):
 
 
 def solo_dataset(dataset: str, data_dir: str, sub_dir, split: str, transform, image_size: int):
-    """``synthetic`` -> the built-in set; CIFAR -> torchvision files under ``data_dir/<sub_dir or
+    """``synthetic`` / ``digits`` -> the built-in set; CIFAR -> torchvision files under ``data_dir/<sub_dir or
     dataset/split>``; otherwise an ImageFolder at ``data_dir/sub_dir``."""
-    if is_synthetic(data_dir):
-        return build_dataset("synthetic", split, transform, image_size=max(image_size, 8))
+    if is_builtin(data_dir):
+        return build_dataset(data_dir, split, transform, image_size=max(image_size, 8))
     if dataset in ("cifar10", "cifar100", "stl10"):
         root = os.path.join(data_dir, sub_dir or os.path.join(dataset, "train" if split == "train" else "val"))
         return build_dataset(f"{dataset}:{root}", split, transform)
