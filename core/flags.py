@@ -8,6 +8,7 @@ the code or listed in one of them, so the lists cannot rot.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Any, List, Mapping
 
@@ -36,10 +37,23 @@ def _value(args: Any, dest: str):
     return args.get(dest) if isinstance(args, Mapping) else getattr(args, dest, None)
 
 
+def _main_rank() -> bool:
+    """Rank 0 of the process group, or of the launcher's ``RANK`` (torchrun / launch --use_env) before it is up."""
+    import torch.distributed as tdist
+
+    if tdist.is_available() and tdist.is_initialized():
+        return tdist.get_rank() == 0
+    try:
+        return int(os.environ.get("RANK", "0") or 0) == 0
+    except ValueError:
+        return True
+
+
 def warn_no_effect(args: Any, parser: argparse.ArgumentParser, no_effect: Mapping[str, str]) -> List[str]:
-    """One ``warning:`` line on stderr per option of ``no_effect`` set to a non-default value; returns their dests."""
+    """One ``warning:`` line on stderr per option of ``no_effect`` set to a non-default value, on the main rank
+    only (one line per run under torchrun too); returns their dests on every rank."""
     hits = _non_default(args, parser, no_effect)
-    for dest in hits:
+    for dest in hits if _main_rank() else ():
         print(f"warning: {_option_string(parser, dest)}={_value(args, dest)} has no effect ({no_effect[dest]})",
               file=sys.stderr, flush=True)
     return hits

@@ -313,10 +313,25 @@ def convert_sync_bn(model: nn.Module, group=None, device_type: Optional[str] = N
     if device_type is None:
         device_type = "cuda" if any(p.is_cuda for p in model.parameters()) else "cpu"
     if device_type == "cuda":
-        return nn.SyncBatchNorm.convert_sync_batchnorm(model, process_group=group)
+        return _convert_cuda_bn(model, group)
     from core.dist.syncbn import convert_group_bn
 
     return convert_group_bn(model, group)
+
+
+def _convert_cuda_bn(module: nn.Module, group=None) -> nn.Module:
+    """``nn.SyncBatchNorm.convert_sync_batchnorm`` for the plain BN layers only: a layer that is already
+    synchronised (``nn.SyncBatchNorm`` or ``GroupBatchNorm``, e.g. TWIST's logit BN over its bunch group) keeps
+    its object and process group. Parameter objects are kept (torch's conversion reuses them)."""
+    from core.dist.syncbn import GroupBatchNorm
+
+    if isinstance(module, (nn.SyncBatchNorm, GroupBatchNorm)):
+        return module
+    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        return nn.SyncBatchNorm.convert_sync_batchnorm(module, process_group=group)
+    for name, child in module.named_children():
+        module.add_module(name, _convert_cuda_bn(child, group))
+    return module
 
 
 def wrap_ddp(model: nn.Module, ctx: DistContext, find_unused_parameters: bool = False) -> nn.Module:

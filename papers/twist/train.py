@@ -149,7 +149,9 @@ def main_worker(ctx: dist.DistContext, args) -> None:
         if ctx.distributed:
             bunch_group = make_bunch_group(ctx.world_size, ctx.rank, args.batch_size, args.bunch_size)
     dev = ctx.device.type
-    model = build_twist(args, dev, bunch_group, ctx.distributed)
+    # the backbone's BNs are synchronised by setup_run(sync_bn=True) below (global group, as the original's
+    # convert_sync_batchnorm); the head's BNs are built synchronised (logit BN over the bunch group) and kept
+    model = build_twist(args, dev, bunch_group, ctx.distributed, sync_backbone=False)
     n_bb = sum(p.numel() for p in model.backbone.parameters() if p.requires_grad)
     n_head = sum(p.numel() for p in model.projection_heads.parameters() if p.requires_grad)
     print(f"number of backbone params:{n_bb / 1e6:.2f} M\nnumber of head params:{n_head / 1e6:.2f} M\n"
@@ -158,7 +160,7 @@ def main_worker(ctx: dist.DistContext, args) -> None:
     if args.eval_only or args.inference_only:
         if not args.resume:
             raise UserError("--eval_only / --inference_only need --resume CHECKPOINT")
-        model = setup_run(ctx, model, ddp=False).model
+        model = setup_run(ctx, model, sync_bn=True, ddp=False).model
         ckpt = load_checkpoint(args.resume)
         load_model_weights(model, ckpt.get("model", ckpt), f"checkpoint '{args.resume}'")
         if args.eval_only:
@@ -191,9 +193,7 @@ def main_worker(ctx: dist.DistContext, args) -> None:
         teacher.load_state_dict(student.state_dict())
         return teacher
 
-    # BNs are synchronised inside build_twist (backbone over all ranks, logit BN over the bunch group), before
-    # anything holds the parameters; setup_run's own conversion would regroup the logit BN over all ranks
-    run = setup_run(ctx, model, make_optimizer=lambda m: build_optimizer(m, args), sync_bn=False, ddp=True,
+    run = setup_run(ctx, model, make_optimizer=lambda m: build_optimizer(m, args), sync_bn=True, ddp=True,
                     teachers={"teacher": make_teacher} if args.use_momentum_encoder else None)
     model, wrapped, optimizer = run.model, run.wrapped, run.optimizer
     teacher = run.teachers.get("teacher")

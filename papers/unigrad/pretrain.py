@@ -19,7 +19,7 @@ from core.augment import MultiView, eval_transform, moco_v2
 from core.data import build_dataset, build_loader, is_builtin, seed_everything
 from core.engine import EngineConfig, copy_checkpoint, load_checkpoint, setup_run, strip_prefix, train
 from core.engine.trainer import load_model_state
-from core.errors import cli_main
+from core.errors import UserError, cli_main
 from core.eval import knn_eval
 from core.flags import reject_unsupported, warn_no_effect
 from core.optim import apply_lr, unigrad_lr
@@ -90,6 +90,9 @@ def main_worker(ctx: dist.DistContext, cfg) -> None:
 
     if cfg.knn_eval and cfg.resume_path:
         ckpt = load_checkpoint(cfg.resume_path)
+        if not isinstance(ckpt, dict) or "model" not in ckpt:
+            keys = sorted(ckpt)[:8] if isinstance(ckpt, dict) else type(ckpt).__name__
+            raise UserError(f"checkpoint '{cfg.resume_path}' has no 'model' entry (keys: {keys})")
         load_model_state(inner, strip_prefix(ckpt["model"], "module."), f"checkpoint '{cfg.resume_path}'")
         acc = knn_monitor(model, cfg, ctx)
         print(f"kNN top-1 of '{cfg.resume_path}': {acc:.2f}")

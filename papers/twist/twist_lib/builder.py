@@ -32,8 +32,10 @@ def harder_transform(args):
     return train_transform("multicrop", args.img_size, n_local, HARDER_GLOBAL_SCALE, HARDER_LOCAL_SCALE)
 
 
-def build_twist(args, device_type: str = "cpu", bunch_group=None, distributed: bool = False):
-    """backbone (BNs synchronised over all ranks when distributed) + projection head."""
+def build_twist(args, device_type: str = "cpu", bunch_group=None, distributed: bool = False,
+                sync_backbone: bool = True):
+    """backbone (BNs synchronised over all ranks when distributed, unless ``sync_backbone`` is False: then the
+    caller converts them, e.g. ``setup_run(sync_bn=True)``) + projection head (its BNs are synchronised already)."""
     from twist_lib.model import TWIST
 
     is_vit = args.backbone.startswith("vit")
@@ -42,7 +44,7 @@ def build_twist(args, device_type: str = "cpu", bunch_group=None, distributed: b
     if is_vit and args.freeze_embedding:
         for p in backbone.patch_embed.parameters():
             p.requires_grad = False
-    if distributed or device_type == "cuda":
+    if sync_backbone and (distributed or device_type == "cuda"):
         backbone = convert_sync_bn(backbone, None, device_type)
     head = ProjectionHead(backbone.feat_dim, args.hid_dim, args.dim, args.proj_norm, args.act, args.drop,
                           args.lbn_type, bunch_group, bool(is_vit or args.proj_trunc_init), device_type)
