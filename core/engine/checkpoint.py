@@ -12,6 +12,7 @@ from typing import Any, Dict
 import numpy as np
 import torch
 
+from core.engine.probe import write_point
 from core.errors import UserError
 
 
@@ -50,6 +51,7 @@ def _atomic_write(path: str, write) -> str:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        write_point()  # a contract-test kill point (core.engine.probe), off by default
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -18,6 +18,7 @@ import torch
 import torch.nn as nn
 
 from core import dist
+from core.engine import probe
 
 
 @dataclass
@@ -61,4 +62,5 @@ def setup_run(ctx: dist.DistContext, model: nn.Module, *,
         broadcast_module(t)
         built[name] = t
     optimizer = make_optimizer(model) if make_optimizer else None
+    probe.note_teachers(built)
     return Run(model=model, wrapped=wrapped, optimizer=optimizer, teachers=built)

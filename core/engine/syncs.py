@@ -7,11 +7,12 @@
 Counted: ``.item()``, ``bool()`` / ``float()`` / ``int()`` of a tensor, ``.tolist()``, ``.numpy()``, ``.cpu()``
 (and ``.to("cpu")``), ``torch.nonzero``, ``masked_select`` and boolean-mask indexing (their output size depends
 on the values). Linear algebra a method needs (an SVD) is not a host read and is not counted.
+``count_host_syncs(exclude=("/torchvision/",))`` counts the reads made in those files apart (``excluded``).
 """
 from __future__ import annotations
 
 import traceback
-from typing import List
+from typing import List, Sequence
 
 import torch
 from torch.overrides import TorchFunctionMode
@@ -39,18 +40,24 @@ def _to_cpu(args, kwargs) -> bool:
 class count_host_syncs(TorchFunctionMode):
     """Context manager: ``count`` host reads inside it, ``where`` the first few call sites."""
 
-    def __init__(self):
+    def __init__(self, exclude: Sequence[str] = ()):
         super().__init__()
         self.count = 0
         self.where: List[str] = []
+        self.exclude = tuple(exclude)  # e.g. ("/torchvision/",): reads made in those files go to ``excluded``
+        self.excluded = 0
 
     def _hit(self, name: str) -> None:
-        self.count += 1
-        if len(self.where) < 8:
+        if len(self.where) < 8 or self.exclude:
             frame = [f for f in traceback.extract_stack()
                      if "/torch/" not in f.filename and not f.filename.endswith("syncs.py")]
             site = f"{frame[-1].filename}:{frame[-1].lineno}" if frame else "?"
-            self.where.append(f"{name} at {site}")
+            if any(x in site for x in self.exclude):
+                self.excluded += 1
+                return
+            if len(self.where) < 8:
+                self.where.append(f"{name} at {site}")
+        self.count += 1
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}

@@ -20,6 +20,7 @@ import torch.nn as nn
 
 from core import dist
 from core.data.loader import set_loader_epoch
+from core.engine.probe import Probe, kill_point, maybe_step
 from core.engine.checkpoint import (load_checkpoint, remove_stale_temp_files, rng_state, save_checkpoint,
                                    set_rng_state)
 from core.errors import UserError
@@ -248,6 +249,7 @@ def train(model: nn.Module, optimizer: torch.optim.Optimizer, loader, cfg: Engin
         writer = SummaryWriter(os.path.join(cfg.output_dir, "tb"))
     step_losses = list(history[-1].pop("_step_losses", [])) if history else []
 
+    probe = Probe.from_env("train", inner, optimizer, ctx.rank)
     last_epoch = cfg.epochs
     if cfg.stop_after_epochs:
         last_epoch = min(cfg.epochs, start_epoch + cfg.stop_after_epochs)
@@ -265,43 +267,48 @@ def train(model: nn.Module, optimizer: torch.optim.Optimizer, loader, cfg: Engin
                        mininterval=1.0, leave=True)
         t_window, imgs_window = time.time(), 0
         try:
-            for i, batch in enumerate(loader):
+            for i, batch in enumerate(probe.batches(loader) if probe is not None else loader):
                 if i >= steps_per_epoch:
                     break
                 step = epoch * steps_per_epoch + i
-                if before_step:
-                    before_step(step, total_steps)
-                imgs_window += batch_images(batch) * ctx.world_size
-                batch = to_device(batch, device, use_cl)
-                try:
-                    with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-                        loss, logs = model(batch)
-                except torch.linalg.LinAlgError as e:  # an SVD/eigh of non-finite values: the run has diverged
-                    raise TrainingDiverged(f"non-finite values at step {step} in a linear-algebra step "
-                                           f"({_last_line(e)})") from None
-                logs = _scalars({"loss": loss, **logs}, device)
-                first = ~torch.isfinite(logs["loss"]) & (bad_step < 0)
-                bad_step = torch.where(first, torch.full_like(bad_step, step), bad_step)
-                for k, v in logs.items():
-                    if torch.is_tensor(v) and v.device == bad_step.device:
-                        bad_logs[k] = torch.where(first, v, bad_logs.get(k, v))
-                optimizer.zero_grad(set_to_none=True)
-                if scaler is not None:
-                    scaler.scale(loss).backward()
-                    if cfg.clip_grad > 0:
-                        scaler.unscale_(optimizer)
-                        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
-                    scaler.step(optimizer)
-                    scaler.update()
-                else:
-                    loss.backward()
-                    if cfg.clip_grad > 0:
-                        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
-                    optimizer.step()
-                if after_step:
-                    after_step(step, total_steps)
-                meter.add(logs)
-                window.add(logs)
+                kill_point(step, ctx.rank)
+                with maybe_step(probe):  # host reads counted by the contract tests' probe (off by default)
+                    if before_step:
+                        before_step(step, total_steps)
+                    imgs_window += batch_images(batch) * ctx.world_size
+                    batch = to_device(batch, device, use_cl)
+                    try:
+                        with torch.autocast(device.type, dtype=dtype or torch.float32,
+                                            enabled=dtype is not None):
+                            loss, logs = model(batch)
+                    except torch.linalg.LinAlgError as e:  # an SVD/eigh of non-finite values: the run diverged
+                        raise TrainingDiverged(f"non-finite values at step {step} in a linear-algebra step "
+                                               f"({_last_line(e)})") from None
+                    logs = _scalars({"loss": loss, **logs}, device)
+                    first = ~torch.isfinite(logs["loss"]) & (bad_step < 0)
+                    bad_step = torch.where(first, torch.full_like(bad_step, step), bad_step)
+                    for k, v in logs.items():
+                        if torch.is_tensor(v) and v.device == bad_step.device:
+                            bad_logs[k] = torch.where(first, v, bad_logs.get(k, v))
+                    optimizer.zero_grad(set_to_none=True)
+                    if scaler is not None:
+                        scaler.scale(loss).backward()
+                        if cfg.clip_grad > 0:
+                            scaler.unscale_(optimizer)
+                            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
+                        scaler.step(optimizer)
+                        scaler.update()
+                    else:
+                        loss.backward()
+                        if cfg.clip_grad > 0:
+                            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
+                        optimizer.step()
+                    if after_step:
+                        after_step(step, total_steps)
+                    meter.add(logs)
+                    window.add(logs)
+                if probe is not None:
+                    probe.after_step(step, loss)
                 last = i == steps_per_epoch - 1
                 if (i + 1) % cfg.print_freq == 0 or last:
                     _check_finite(bad_step, bad_logs, ctx)
@@ -345,6 +352,8 @@ def train(model: nn.Module, optimizer: torch.optim.Optimizer, loader, cfg: Engin
                 after_save(epoch)
     if writer is not None:
         writer.close()
+    if probe is not None:
+        probe.finish()
     if ctx.is_main and cfg.plot and history:
         from core.engine.plots import plot_curves
 

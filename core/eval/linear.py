@@ -21,6 +21,7 @@ from torch.utils.data import DistributedSampler
 
 from core import dist
 from core.engine.checkpoint import copy_checkpoint, load_checkpoint, save_checkpoint
+from core.engine.probe import Probe, kill_point, maybe_step
 from core.engine.trainer import to_device
 from core.errors import UserError
 
@@ -146,6 +147,7 @@ def run_linear_eval(model: nn.Module, optimizer: torch.optim.Optimizer, train_lo
                 g["lr"] = lr
 
     res: Dict[str, float] = {}
+    probe = Probe.from_env("lineval", inner, optimizer, ctx.rank)  # contract tests only (off by default)
     for epoch in range(start, cfg.epochs):
         if hasattr(train_loader.sampler, "set_epoch"):
             train_loader.sampler.set_epoch(epoch)
@@ -153,16 +155,20 @@ def run_linear_eval(model: nn.Module, optimizer: torch.optim.Optimizer, train_lo
         model.eval()  # frozen BN: the whole model stays in eval mode
         t0, seen = time.time(), 0
         run = torch.zeros(2, device=ctx.device)
-        for i, (x, y) in enumerate(train_loader):
+        for i, (x, y) in enumerate(probe.batches(train_loader) if probe is not None else train_loader):
             if cfg.max_steps_per_epoch and i >= cfg.max_steps_per_epoch:
                 break
-            x, y = to_device(x, ctx.device), y.to(ctx.device, non_blocking=True)
-            out = model(x)
-            loss = F.cross_entropy(out, y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            run += torch.stack([loss.detach(), accuracy(out.detach(), y)[0].float() / y.shape[0]])
+            kill_point(epoch * len(train_loader) + i, ctx.rank)
+            with maybe_step(probe):
+                x, y = to_device(x, ctx.device), y.to(ctx.device, non_blocking=True)
+                out = model(x)
+                loss = F.cross_entropy(out, y)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                run += torch.stack([loss.detach(), accuracy(out.detach(), y)[0].float() / y.shape[0]])
+            if probe is not None:
+                probe.after_step(epoch * len(train_loader) + i, loss)
             seen += y.shape[0] * ctx.world_size
             if (i + 1) % cfg.print_freq == 0:
                 l, a = (run / (i + 1)).tolist()
@@ -183,6 +189,8 @@ def run_linear_eval(model: nn.Module, optimizer: torch.optim.Optimizer, train_lo
                 copy_checkpoint(path, os.path.join(cfg.output_dir, cfg.best_name))
             if epoch == start and reference_state is not None:
                 sanity_check(inner.state_dict(), reference_state)
+    if probe is not None:
+        probe.finish()
     return {"best_acc1": best_acc1, **res}
 
 
