@@ -35,9 +35,16 @@ def os_error_line(e: OSError) -> str:
     return f"{e.__class__.__name__}: {e}"
 
 
+# what a collective raises on a rank whose peer has exited (gloo; NCCL): that rank stops with status 2 and one
+# plain line, so the run's only ``error:`` line is the one of the rank that met the error
+PEER_LOST = ("Connection closed by peer", "Connection reset by peer", "Broken pipe",
+             "remote process exited or there was a network error", "NCCL communicator was aborted")
+
+
 def cli_main(fn):
     """Decorate a script's ``main``: a :class:`UserError` (also one re-raised by a DataLoader worker or a
-    spawned process) or an OSError on a path becomes a single ``error:`` line on stderr and exit status 2."""
+    spawned process) or an OSError on a path becomes a single ``error:`` line on stderr and exit status 2; a
+    rank whose peer ended first (``PEER_LOST``) says so in one line without ``error:`` and exits with 2 too."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -62,6 +69,14 @@ def cli_main(fn):
                     if marker in line:
                         line = line.split(marker, 1)[-1]
                 print_error(line)
+                sys.exit(2)
+            if getattr(e, "exit_code", None) == 2:  # a spawned process that printed its own error line
+                sys.exit(2)
+            if any(m in text for m in PEER_LOST):
+                rank = os.environ.get("RANK")
+                sys.stderr.write(f"{f'rank {rank}: ' if rank else ''}stopping: another process of this run "
+                                 f"ended first (its error line says why)\n")
+                sys.stderr.flush()
                 sys.exit(2)
             raise
 
