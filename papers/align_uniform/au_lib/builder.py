@@ -61,14 +61,16 @@ class MoCo(nn.Module):
 
     @torch.no_grad()
     def _dequeue_and_enqueue(self, keys: torch.Tensor) -> None:
-        """Gather the keys of all ranks and write them (transposed) at ``queue_ptr``; FIFO overwrite."""
+        """Gather the keys of all ranks and write them (transposed) at ``queue_ptr``; FIFO overwrite.
+        The columns ``ptr .. ptr + batch - 1`` are indexed on the device (K is a multiple of the batch, so they
+        never wrap), the same writes as the original's slice without reading the pointer back to the host."""
         keys = cdist.concat_all_gather(keys)
         batch_size = keys.shape[0]
-        ptr = int(self.queue_ptr)
         if self.K % batch_size != 0:
             raise RuntimeError(f"queue size K={self.K} is not a multiple of the global batch {batch_size}")
-        self.queue[:, ptr:ptr + batch_size] = keys.T
-        self.queue_ptr[0] = (ptr + batch_size) % self.K
+        cols = self.queue_ptr + torch.arange(batch_size, device=self.queue_ptr.device)
+        self.queue.index_copy_(1, cols, keys.T.to(self.queue.dtype))
+        self.queue_ptr.copy_((self.queue_ptr + batch_size) % self.K)
 
     def compute_losses(self, im_q: torch.Tensor, im_k: torch.Tensor) -> MoCoLosses:
         """Original ``MoCo.forward``: q, then (no grad) momentum update -> shuffle -> k -> unshuffle, the active
