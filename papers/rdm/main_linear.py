@@ -148,7 +148,7 @@ def run(ctx, args):
     seed_everything(args.seed, ctx.rank)
     size = args.crop_size or (32 if args.dataset in ("cifar10", "cifar100") else 224)
     train_ds = solo_dataset(args.dataset, args.data_dir, args.train_dir, "train",
-                            linear_train_transform(args.dataset, size), size)
+                            linear_train_transform(args.dataset, size), size, args.num_samples)
     val_ds = solo_dataset(args.dataset, args.data_dir, args.val_dir, "val", val_transform(args.dataset, size), size)
     num_classes = num_classes_of(train_ds, args.dataset, NUM_CLASSES)
     backbone = solo_backbone(args.backbone, args.dataset in ("cifar10", "cifar100"))

@@ -39,7 +39,7 @@ def run(ctx, cfg):
     world = ctx.world_size
     size = cfg["pipelines"][0]["crop_size"]
     train_ds = solo_dataset(cfg["dataset"], cfg["data_dir"], cfg["train_dir"], "train",
-                            pretrain_transform(cfg["dataset"], cfg["pipelines"]), size)
+                            pretrain_transform(cfg["dataset"], cfg["pipelines"]), size, cfg["num_samples"])
     val_ds = solo_dataset(cfg["dataset"], cfg["data_dir"], cfg["val_dir"], "val",
                           val_transform(cfg["dataset"], size), size)
     num_classes = num_classes_of(train_ds, cfg["dataset"], NUM_CLASSES)

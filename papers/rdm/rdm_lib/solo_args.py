@@ -80,6 +80,8 @@ def add_dataset_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dali_device", default="gpu")
     p.add_argument("--num_workers", type=int, default=4)
     p.add_argument("--batch_size", type=int, default=128, help="per device")
+    p.add_argument("--num_samples", type=int, default=None,
+                   help="(ours) train images of a built-in set (synthetic: 5000 when not given; digits: a prefix)")
 
 
 def add_augmentation_args(p: argparse.ArgumentParser) -> None:

@@ -49,11 +49,14 @@ def linear_train_transform(dataset: str, size: int):
                       T.RandomHorizontalFlip(), *to_tensor_normalize(mean, std)])
 
 
-def solo_dataset(dataset: str, data_dir: str, sub_dir, split: str, transform, image_size: int):
+def solo_dataset(dataset: str, data_dir: str, sub_dir, split: str, transform, image_size: int,
+                 num_samples=None):
     """``synthetic`` / ``digits`` -> the built-in set; CIFAR -> torchvision files under ``data_dir/<sub_dir or
-    dataset/split>``; otherwise an ImageFolder at ``data_dir/sub_dir``."""
+    dataset/split>``; otherwise an ImageFolder at ``data_dir/sub_dir``. ``num_samples``: size of a built-in
+    train split (``--num_samples``)."""
     if is_builtin(data_dir):
-        return build_dataset(data_dir, split, transform, image_size=max(image_size, 8))
+        return build_dataset(data_dir, split, transform, image_size=max(image_size, 8),
+                             num_samples=num_samples if split == "train" else None)
     if dataset in ("cifar10", "cifar100", "stl10"):
         root = os.path.join(data_dir, sub_dir or os.path.join(dataset, "train" if split == "train" else "val"))
         return build_dataset(f"{dataset}:{root}", split, transform)
