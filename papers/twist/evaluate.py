@@ -79,8 +79,12 @@ def subset(args, ds):
     if args.train_percent == 100:
         return ds
     if is_builtin(args.data):
-        # the built-in sets have no SimCLR list: keep the first k % of every class (deterministic)
-        keep = [i for i in range(len(ds)) if (i // 10) % 100 < args.train_percent]
+        # the built-in sets have no SimCLR list: keep the first round(k % of n_class) images of every class
+        by_class = {}
+        for i, y in enumerate(ds.targets):
+            by_class.setdefault(y, []).append(i)
+        pct = args.train_percent / 100
+        keep = sorted(i for idx in by_class.values() for i in idx[:max(1, round(len(idx) * pct))])
         sub = torch.utils.data.Subset(ds, keep)
         sub.targets = [ds.targets[i] for i in keep]
         return sub
