@@ -107,14 +107,14 @@ def test_two_crops_pipelines_in_original_order():
     from torchvision.transforms import v2 as T
 
     from au_helpers import load_script
-    from core.augment import GaussianBlur
+    from core.augment import ColorJitter, GaussianBlur
 
     main_moco = load_script("main_moco")
     v1 = main_moco.two_crops(False, 224)
     v2 = main_moco.two_crops(True, 224)
     assert len(v1) == 2 and v1.transforms[0] is v1.transforms[1]
     t1 = v1.transforms[0].transforms
-    assert [type(t) for t in t1[:4]] == [T.RandomResizedCrop, T.RandomGrayscale, T.ColorJitter, T.RandomHorizontalFlip]
+    assert [type(t) for t in t1[:4]] == [T.RandomResizedCrop, T.RandomGrayscale, ColorJitter, T.RandomHorizontalFlip]
     assert t1[0].scale == (0.2, 1.0) and t1[1].p == 0.2 and t1[2].hue == (-0.4, 0.4)
     t2 = v2.transforms[0].transforms
     assert [type(t) for t in t2[:5]] == [T.RandomResizedCrop, T.RandomApply, T.RandomGrayscale, T.RandomApply,
