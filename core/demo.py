@@ -16,7 +16,7 @@ import torch.nn as nn
 
 from core.augment import IMAGENET_MEAN, IMAGENET_STD, MultiView, eval_transform, solo_pipeline
 from core.backbones import build_backbone
-from core.data import SyntheticShapes, build_loader, seed_everything
+from core.data import Digits, SyntheticShapes, build_loader, seed_everything
 from core.dist import DistContext
 from core.engine import EngineConfig, train
 from core.errors import cli_main
@@ -53,6 +53,8 @@ def evaluate(backbone, train_loader, test_loader, device, num_classes):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--out", default="demo_out")
+    p.add_argument("--data", default="synthetic", choices=["synthetic", "digits"],
+                   help="built-in set: synthetic shapes, or scikit-learn's digits (its fixed train/val split)")
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--num-train", type=int, default=5000)
     p.add_argument("--num-test", type=int, default=1000)
@@ -74,9 +76,14 @@ def main(argv=None):
     size = args.image_size
     views = MultiView([solo_pipeline(size, brightness=0.4, contrast=0.4, saturation=0.4, hue=args.hue, color_jitter_prob=args.jitter_p,
                                      min_scale=args.min_scale, mean=IMAGENET_MEAN, std=IMAGENET_STD)] * 2)
-    train_set = SyntheticShapes(args.num_train, size, args.seed, "train", views, cache=True)
-    mem_set = SyntheticShapes(args.num_train, size, args.seed, "train", eval_transform(size), cache=True)
-    test_set = SyntheticShapes(args.num_test, size, args.seed, "val", eval_transform(size), cache=True)
+    if args.data == "digits":  # --num-train / --num-test cap the fixed split
+        train_set = Digits("train", size, views, args.num_train)
+        mem_set = Digits("train", size, eval_transform(size), args.num_train)
+        test_set = Digits("val", size, eval_transform(size), args.num_test)
+    else:
+        train_set = SyntheticShapes(args.num_train, size, args.seed, "train", views, cache=True)
+        mem_set = SyntheticShapes(args.num_train, size, args.seed, "train", eval_transform(size), cache=True)
+        test_set = SyntheticShapes(args.num_test, size, args.seed, "val", eval_transform(size), cache=True)
     loader = build_loader(train_set, args.batch_size, num_workers=args.workers, seed=args.seed)
     mem_loader = build_loader(mem_set, 512, shuffle=False, drop_last=False, num_workers=0)
     test_loader = build_loader(test_set, 512, shuffle=False, drop_last=False, num_workers=0)
