@@ -1,0 +1,3 @@
+from core.compare.cli import main
+
+main()
