@@ -86,4 +86,7 @@ def test_blur_and_solarize_match_pil():
     assert np.array_equal(np.asarray(Solarize(128)(img)), np.asarray(ImageOps.solarize(img, 128)))
     x = np.asarray(img)
     assert np.array_equal(np.asarray(Solarize(128)(img)), np.where(x >= 128, 255 - x, x))
-    assert len(MultiView([lambda a: 1, lambda a: 2])(img)) == 2
+    # every transform gets the same input image, views come back in the transforms' order
+    seen = []
+    views = MultiView([lambda a: (seen.append(a), 1)[1], lambda a: (seen.append(a), 2)[1], lambda a: 3])(img)
+    assert views == [1, 2, 3] and len(seen) == 2 and all(s is img for s in seen)

@@ -80,6 +80,18 @@ def test_lars_openself_excluded_group_unadapted():
     p = _one_param([1.0, -1.0], [0.5, 0.5])
     LARS([{"params": [p], "lars_exclude": True, "weight_decay": 0.0}], lr=0.3, mode="openself").step()
     assert p.detach().tolist() == pytest.approx([1.0 - 0.15, -1.0 - 0.15], rel=1e-12)
+    # the group's weight decay still applies (spec 5.2: d = (g + wd p) * 1 * lr for excluded parameters),
+    # and the momentum buffer holds lr: step 2 moves by 0.9 d1 + d2
+    q = _one_param([1.0, -1.0], [0.5, 0.5])
+    opt = LARS([{"params": [q], "lars_exclude": True, "weight_decay": 0.1}], lr=0.3, momentum=0.9, mode="openself")
+    opt.step()
+    d1 = [(0.5 + 0.1 * 1.0) * 0.3, (0.5 - 0.1 * 1.0) * 0.3]
+    q1 = [1.0 - d1[0], -1.0 - d1[1]]
+    assert q.detach().tolist() == pytest.approx(q1, rel=1e-12)
+    q.grad = torch.tensor([0.5, 0.5], dtype=torch.float64)
+    opt.step()
+    d2 = [(0.5 + 0.1 * w) * 0.3 for w in q1]
+    assert q.detach().tolist() == pytest.approx([w - (0.9 * a + b) for w, a, b in zip(q1, d1, d2)], rel=1e-12)
 
 
 def test_param_groups_exclusions_and_fixed_lr():
