@@ -108,10 +108,20 @@ def test_single_process_shuffle_bn_restores_order():
 def test_gradient_reaches_query_encoder_only_and_forward_combines():
     m = _model(contr_tau=0.2, contr_w=0.5, align_w=3.0, unif_w=1.0)
     x = [torch.randn(4, 12), torch.randn(4, 12)]
+    queue = m.queue.clone().double().numpy()  # dim x K, before this step's enqueue
     loss, logs = m((x, torch.zeros(4)))
     assert set(logs) == {"loss_contr", "contr_acc1", "contr_acc5", "loss_align", "loss_unif"}
-    expected = 0.5 * logs["loss_contr"] + 3.0 * logs["loss_align"] + logs["loss_unif"]
-    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    # every term again in NumPy from this step's q, k and the old queue (eq. 17/18 of the paper, unif_t 1 default)
+    q, k = (v.double().numpy() for v in m.last_qk)
+    logits = np.concatenate([np.sum(q * k, 1, keepdims=True), q @ queue], 1) / 0.2
+    contr = np.mean(np.log(np.exp(logits).sum(1)) - logits[:, 0])
+    align = np.mean(np.sum((q - k) ** 2, 1))
+    d2 = np.concatenate([(2 - 2 * q @ queue).ravel(),
+                         [np.sum((q[i] - q[j]) ** 2) for i in range(4) for j in range(i + 1, 4)]])
+    unif = np.log(np.mean(np.exp(-m.unif_t * d2)))
+    for key, ref in (("loss_contr", contr), ("loss_align", align), ("loss_unif", unif)):
+        assert logs[key].item() == pytest.approx(ref, rel=1e-5, abs=1e-6), key
+    assert loss.item() == pytest.approx(0.5 * contr + 3.0 * align + unif, rel=1e-5)
     loss.backward()
     assert all(p.grad is None for p in m.encoder_k.parameters())
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in m.encoder_q.parameters())

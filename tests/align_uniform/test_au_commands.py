@@ -95,7 +95,7 @@ def test_contrastive_only_and_resume(tmp_path):
     assert ck["epoch"] == 2 and int(ck["state_dict"]["module.queue_ptr"]) == 32 % 32
 
 
-def test_seed_lincls(moco_ckpt, tmp_path):
+def test_seed_lincls(moco_ckpt, tmp_path, capsys):
     main_lincls = load_script("main_lincls")
 
     _, run = moco_ckpt
@@ -116,9 +116,16 @@ def test_seed_lincls(moco_ckpt, tmp_path):
     for k, v in sd.items():  # frozen encoder_q weights kept, head (fc) is the only trained part
         if not k.startswith("module.fc."):
             assert torch.equal(v, pre["module.encoder_q." + k[len("module."):]]), k
-    # --evaluate on the resumed linear checkpoint: validation only
+    # --evaluate on the resumed linear checkpoint: validation only, of exactly the saved weights: it prints the
+    # accuracies recorded for that epoch (12 val images: multiples of 100 / 12) and writes no checkpoint
+    written = sorted(os.listdir(out))
+    capsys.readouterr()
     main_lincls.main(["-a", "resnet_tiny", "-e", "--resume", str(out / "checkpoint_0001.pth.tar"), data]
                      + SHORT + ["--batch-size", "8"])
+    printed = capsys.readouterr().out
+    assert f" * Acc@1 {ck['acc1']:.3f} Acc@5 {ck['acc5']:.3f}" in printed, printed[-500:]
+    assert abs(ck["acc1"] * 12 / 100 - round(ck["acc1"] * 12 / 100)) < 1e-6
+    assert sorted(os.listdir(out)) == written and "Epoch" not in printed
 
 
 def test_bad_inputs_one_line_errors(tmp_path, capsys):

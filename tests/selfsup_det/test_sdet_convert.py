@@ -140,11 +140,16 @@ def _engine_checkpoint(tmp_path, attr_q, attr_k, model_prefix=""):
 
 @pytest.mark.parametrize("attr_q,attr_k,prefix", [("backbone", "momentum_backbone", ""),
                                                   ("encoder_q", "encoder_k", "module."),
-                                                  ("online_encoder", "target_encoder", "")])
+                                                  ("online_encoder", "target_encoder", ""),
+                                                  # the copy sorts first by length or name: only the ranking
+                                                  # of momentum / EMA / key names below the online one picks q
+                                                  ("student", "ema", ""), ("backbone", "teacher", ""),
+                                                  ("encoder_q", "encoder_k", ""),
+                                                  ("query_encoder", "key_encoder", "")])
 def test_repo_engine_checkpoints(tmp_path, attr_q, attr_k, prefix):
     path, expected = _engine_checkpoint(tmp_path, attr_q, attr_k, prefix)
     layout, bb = extract_backbone(path)
-    assert layout in ("repo", "moco" if prefix == "module." and attr_q == "encoder_q" else "repo")
+    assert layout == ("moco" if prefix == "module." and attr_q == "encoder_q" else "repo")
     assert list(bb) == list(expected)
     for k, v in expected.items():
         assert torch.equal(bb[k], v), k

@@ -244,9 +244,18 @@ def test_train_step_on_cpu(tmp_path):
     m.train()
     stem = m.backbone.body.conv1.weight.clone()
     opt = torch.optim.SGD([q for q in m.parameters() if q.requires_grad], lr=0.01, momentum=0.9)
-    loss, logs = m(collate([ds[0], ds[1]]))
+    batch = collate([ds[0], ds[1]])
+    with torch.no_grad():  # the same step through torchvision's own MaskRCNN.forward (same RNG for the sampling)
+        torch.manual_seed(1)
+        from torchvision.models.detection import MaskRCNN
+
+        raw = {k: v.item() for k, v in MaskRCNN.forward(m, batch["images"], batch["targets"]).items()}
+    torch.manual_seed(1)
+    loss, logs = m(batch)
     assert set(logs) == {"loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness", "loss_rpn_box_reg"}
-    assert torch.isfinite(loss) and loss.item() == pytest.approx(sum(v.item() for v in logs.values()), rel=1e-5)
+    # logs are torchvision's five loss terms, and the engine loss is their unweighted sum (mmdet loss_weight 1)
+    assert {k: v.item() for k, v in logs.items()} == pytest.approx(raw, rel=1e-5)
+    assert torch.isfinite(loss) and loss.item() == pytest.approx(sum(raw.values()), rel=1e-5)
     opt.zero_grad()
     loss.backward()
     opt.step()

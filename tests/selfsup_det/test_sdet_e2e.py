@@ -51,8 +51,18 @@ def test_convert_finetune_evaluate_resume(tmp_path):
         assert math.isfinite(logs[0][key]), key
     for key in ("bbox_mAP", "segm_mAP", "bbox_mAP_50", "segm_mAP_75"):
         assert 0.0 <= logs[0][key] <= 1.0
+    # the lr of the last step: synthetic_tiny's 0.02 is for base_batch_size 4 -> 0.02 * 2 / 4 = 0.01 for one
+    # process x 2 images, times mmdet's linear warm-up factor 0.001 + 0.999 * it / 20 at iteration it = 1
+    assert logs[0]["lr"] == pytest.approx(0.01 * (0.001 + 0.999 * 1 / 20), rel=1e-9)
     metrics = json.load(open(work / "metrics.json"))
     assert metrics["evaluations"][0]["epoch"] == 1 and "segm_mAP" in metrics["evaluations"][0]
+    # evaluating the saved checkpoint again (--eval-only) reproduces the epoch's COCO metrics
+    r = _run(["tools/train_det.py", TINY, "--eval-only", "--checkpoint", str(work / "latest.pth"), "--work-dir",
+              str(tmp_path / "reeval"), "--threads", "1"] + SMALL)
+    assert r.returncode == 0, r.stderr[-2000:]
+    again = json.load(open(tmp_path / "reeval" / "metrics.json"))["evaluations"][-1]
+    for key in ("bbox_mAP", "segm_mAP", "bbox_mAP_50", "segm_mAP_75"):
+        assert again[key] == pytest.approx(logs[0][key], abs=1e-6), key
     ck = torch.load(work / "latest.pth", weights_only=False)
     body = {k[len("backbone.body."):]: v for k, v in ck["model"].items() if k.startswith("backbone.body.")}
     # the converted weights were loaded; frozen_stages=0 keeps the stem (conv1 + bn1 statistics) unchanged
@@ -66,6 +76,7 @@ def test_convert_finetune_evaluate_resume(tmp_path):
     assert "resumed from" in r.stdout and "at epoch 1" in r.stdout
     logs = [json.loads(line) for line in open(work / "log.txt")]
     assert [l["epoch"] for l in logs] == [0, 1] and math.isfinite(logs[1]["train_loss"])
+    assert logs[1]["lr"] == pytest.approx(0.01 * (0.001 + 0.999 * 3 / 20), rel=1e-9)  # resumed at iteration 2
     # the saved detector converts back to a backbone (this repo's own layout)
     from tools.checkpoint_convert import extract_backbone
 

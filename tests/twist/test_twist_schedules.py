@@ -138,3 +138,30 @@ def test_head_parameter_counts():
     assert count(r50) == pytest.approx(42.0, abs=0.05)
     assert count(r50_big) == pytest.approx(159.4, abs=0.05)
     assert count(vits) == pytest.approx(35.2, abs=0.05)
+
+
+def test_crop_scale_flags_reach_the_crops(tmp_path, monkeypatch):
+    """train.py builds its training transform from --min1/--max1 (2 global crops) and --min2/--max2 (the local
+    crops, 96/224 of --img_size): the RandomResizedCrop scales and sizes of every view."""
+    from torchvision.transforms import v2 as T
+
+    import paper_import
+
+    train = paper_import.load_script("twist", "train.py", "twist_train_script_scales")
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake_build_dataset(path, split, transform, **kw):
+        seen["views"] = transform.transforms
+        raise Stop
+
+    monkeypatch.setattr(train, "build_dataset", fake_build_dataset)
+    with pytest.raises(Stop):
+        train.main(["--backbone", "resnet_tiny", "--img_size", "224", "--local_crops_number", "3",
+                    "--min1", "0.5", "--max1", "0.9", "--min2", "0.11", "--max2", "0.22", "--epochs", "2",
+                    "--batch-size", "4", "--dim", "8", "--hid_dim", "16", "--output_dir", str(tmp_path),
+                    "--num_workers", "0", "--device", "cpu"])
+    crops = [next(t for t in v.transforms if isinstance(t, T.RandomResizedCrop)) for v in seen["views"]]
+    assert [(tuple(c.size), c.scale) for c in crops] == [((224, 224), (0.5, 0.9))] * 2 + [((96, 96), (0.11, 0.22))] * 3
