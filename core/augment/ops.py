@@ -5,6 +5,10 @@ from typing import Callable, List, Sequence
 
 import torch
 from PIL import Image, ImageFilter, ImageOps
+from torchvision.transforms import v2 as T
+from torchvision.transforms.v2 import functional as TF
+
+from core.augment.hue import adjust_hue_pil
 
 
 class GaussianBlur:
@@ -63,3 +67,16 @@ class MultiView:
     def __repr__(self) -> str:
         inner = ",\n  ".join(repr(t) for t in self.transforms)
         return f"MultiView([\n  {inner}])"
+
+
+class ColorJitter(T.ColorJitter):
+    """torchvision ``v2.ColorJitter`` (same parameters, random draws and order of the four adjustments) whose
+    hue step on PIL RGB images runs :func:`core.augment.hue.adjust_hue_pil`: bit-exact with torchvision's PIL
+    ``adjust_hue`` and about twice as fast. Everything else goes through torchvision unchanged."""
+
+    fast_hue = True  # class switch: False = torchvision's PIL hue (for before/after timings)
+
+    def _call_kernel(self, functional, inpt, *args, **kwargs):
+        if self.fast_hue and functional is TF.adjust_hue and isinstance(inpt, Image.Image) and inpt.mode == "RGB":
+            return adjust_hue_pil(inpt, *args, **kwargs)
+        return super()._call_kernel(functional, inpt, *args, **kwargs)

@@ -13,7 +13,7 @@ import torch
 from torchvision.transforms import v2 as T
 from torchvision.transforms import InterpolationMode
 
-from core.augment.ops import Equalize, GaussianBlur, MultiView, Solarize
+from core.augment.ops import ColorJitter, Equalize, GaussianBlur, MultiView, Solarize
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -41,7 +41,7 @@ def moco_v1(size: int = 224, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> T.Compose:
     return T.Compose([
         T.RandomResizedCrop(size, scale=(0.2, 1.0)),
         T.RandomGrayscale(p=0.2),
-        T.ColorJitter(0.4, 0.4, 0.4, 0.4),
+        ColorJitter(0.4, 0.4, 0.4, 0.4),
         T.RandomHorizontalFlip(),
         *to_tensor_normalize(mean, std),
     ])
@@ -52,7 +52,7 @@ def moco_v2(size: int = 224, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> T.Compose:
     grayscale 0.2, PIL blur sigma U[0.1, 2] p 0.5, flip."""
     return T.Compose([
         T.RandomResizedCrop(size, scale=(0.2, 1.0)),
-        T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
+        T.RandomApply([ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
         T.RandomGrayscale(p=0.2),
         T.RandomApply([GaussianBlur((0.1, 2.0))], p=0.5),
         T.RandomHorizontalFlip(),
@@ -67,7 +67,7 @@ def byol_view(size: int = 224, blur_p: float = 1.0, solarize_p: float = 0.0,
     return T.Compose([
         T.RandomResizedCrop(size, scale=scale, interpolation=BICUBIC),
         T.RandomHorizontalFlip(p=0.5),
-        T.RandomApply([T.ColorJitter(0.4, 0.4, 0.2, 0.1)], p=0.8),
+        T.RandomApply([ColorJitter(0.4, 0.4, 0.2, 0.1)], p=0.8),
         T.RandomGrayscale(p=0.2),
         T.RandomApply([GaussianBlur((0.1, 2.0))], p=blur_p),
         T.RandomApply([Solarize(128)], p=solarize_p),
@@ -89,7 +89,7 @@ def solo_pipeline(size: int = 32, *, brightness: float = 0.4, contrast: float = 
     jitter with p, grayscale, PIL blur, solarize, equalize, flip, normalize."""
     return T.Compose([
         T.RandomResizedCrop(size, scale=(min_scale, max_scale), interpolation=BICUBIC),
-        T.RandomApply([T.ColorJitter(brightness, contrast, saturation, hue)], p=color_jitter_prob),
+        T.RandomApply([ColorJitter(brightness, contrast, saturation, hue)], p=color_jitter_prob),
         T.RandomGrayscale(p=gray_scale_prob),
         T.RandomApply([GaussianBlur((0.1, 2.0))], p=gaussian_prob),
         T.RandomApply([Solarize(128)], p=solarization_prob),
@@ -100,7 +100,7 @@ def solo_pipeline(size: int = 32, *, brightness: float = 0.4, contrast: float = 
 
 
 def _twist_flip_color():
-    return [T.RandomHorizontalFlip(p=0.5), T.RandomApply([T.ColorJitter(0.4, 0.4, 0.2, 0.1)], p=0.8),
+    return [T.RandomHorizontalFlip(p=0.5), T.RandomApply([ColorJitter(0.4, 0.4, 0.2, 0.1)], p=0.8),
             T.RandomGrayscale(p=0.2)]
 
 
@@ -132,7 +132,7 @@ def twist_views(kind: str, size: int = 224, local_crops_number: int = 12, global
         return byol_pair(size, (0.08, 1.0), mean, std)
     if kind == "moco":
         one = T.Compose([T.RandomResizedCrop(size, scale=(0.2, 1.0), interpolation=BICUBIC),
-                         T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8), T.RandomGrayscale(p=0.2),
+                         T.RandomApply([ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8), T.RandomGrayscale(p=0.2),
                          T.RandomApply([GaussianBlur((0.1, 2.0))], p=0.5), T.RandomHorizontalFlip(),
                          *to_tensor_normalize(mean, std)])
         return MultiView([one, one])
