@@ -125,6 +125,21 @@ def test_semi_supervised_one_percent_command(r50_ckpt, tmp_path):
                "0.2", "--train-percent", "1", "--weight-decay", "0", "--epochs", "20", "--backbone", "resnet50",
                "--checkpoint-dir", str(tmp_path / "semi")] + EVAL_SHORT + ["--epochs", "1"])
     assert "finetune epoch 0" in log and "best top-1" in log
+    _check_finetune(tmp_path / "semi", "0.04", ckpt)
+
+
+def _check_finetune(out, lr_bb, pretrained):
+    """The semi-supervised commands fine-tune: the classifier group at --lr-classifier 0.2 and the backbone
+    group at --lr-backbone, no weight decay, SGD momentum 0.9; the backbone moved away from the checkpoint."""
+    ck = torch.load(os.path.join(out, "checkpoint.pth"), weights_only=False)
+    groups = [(g["name"], g["initial_lr"], g["weight_decay"], g["momentum"]) for g in ck["optimizer"]["param_groups"]]
+    assert groups == [("classifier", 0.2, 0.0, 0.9), ("backbone", float(lr_bb), 0.0, 0.9)]
+    start = torch.load(pretrained, weights_only=False)["backbone"]
+    model = ck["model"] if "model" in ck else ck["state_dict"]
+    now = {k.split("backbone.", 1)[1]: v for k, v in model.items() if "backbone." in k}
+    assert now.keys() == start.keys()
+    assert not torch.equal(now["layer1.0.conv1.weight"], start["layer1.0.conv1.weight"])
+    assert len(open(os.path.join(out, "stats.txt")).read().strip().splitlines()) == 1  # 1 epoch, 1 validation
 
 
 def test_detectron2_converter_command(r50_ckpt, tmp_path):
@@ -264,6 +279,7 @@ def test_semi_supervised_other_commands(r50_ckpt, tmp_path, pct, lr_bb, epochs):
     run([PY, "evaluate.py", data, ckpt, "--weights", "finetune", "--lr-backbone", lr_bb, "--lr-classifier", "0.2",
          "--train-percent", pct, "--weight-decay", "0", "--epochs", epochs, "--backbone", "resnet50",
          "--checkpoint-dir", str(tmp_path / "semi")] + EVAL_SHORT + ["--epochs", "1"])
+    _check_finetune(tmp_path / "semi", lr_bb, ckpt)
 
 
 def test_resume_is_exact_across_the_self_labeling_switch(tmp_path):
