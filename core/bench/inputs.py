@@ -48,7 +48,8 @@ def _load(path: str) -> Image.Image:
 
 
 def per_core(transform: Callable, files: List[str], repeats: int = 1) -> Dict[str, float]:
-    """One process, one thread: ms of JPEG decode and of the augmentation per sample, pairs/s."""
+    """One process, one thread: CPU ms of JPEG decode and of the augmentation per sample, and pairs/s per core
+    (process CPU time, so a machine shared with other jobs does not inflate it)."""
     torch.set_num_threads(1)
     for p in files[:2]:
         transform(_load(p))
@@ -56,11 +57,11 @@ def per_core(transform: Callable, files: List[str], repeats: int = 1) -> Dict[st
     n = 0
     for _ in range(repeats):
         for p in files:
-            t0 = time.perf_counter()
+            t0 = time.process_time()
             img = _load(p)
-            t1 = time.perf_counter()
+            t1 = time.process_time()
             transform(img)
-            t_aug += time.perf_counter() - t1
+            t_aug += time.process_time() - t1
             t_dec += t1 - t0
             n += 1
     return {"decode_ms": 1000 * t_dec / n, "augment_ms": 1000 * t_aug / n, "pairs_per_s": n / (t_dec + t_aug)}
