@@ -100,6 +100,9 @@ def entries(p: Plan) -> List[Dict]:
     solo = (f"--max_epochs 1 --batch_size {b} --max_steps_per_epoch {k} --num_workers {w} "
             + ("--backbone resnet_tiny --proj_hidden_dim 64 --proj_output_dim 32 --crop_size 32 " if t else "")
             + ("" if p.gpus >= 2 else "--devices 0 ") + f"--checkpoint_dir {p.dir('rdm_solo')}")
+    mp = (["--multiprocessing-distributed", "--world-size", "1", "--rank", "0"] if p.gpus >= 2 else [])
+    if p.gpus >= 2:
+        simsiam += mp + ["--dist-url", "tcp://127.0.0.1:29515", "-b", str(p.batch * p.gpus)]
     moco_k = str(p.batch * max(p.gpus, 1) * 4)
     moco = ["synthetic", "-a", p.r50, "--image-size", s, "-j", w, "--batch-size", str(p.batch * max(p.gpus, 1)),
             "--moco-k", moco_k, "--num-samples", n, "--max-steps", k, "--results-dir", p.dir("au_moco")]
@@ -123,11 +126,14 @@ def entries(p: Plan) -> List[Dict]:
                            "synthetic_tiny.py" if t else "mask_rcnn_r50_fpn_mocov2-pretrain_1x_coco.py")
     det = [os.path.join(REPO, "tools", "train_det.py"), det_cfg, "--work-dir", p.dir("det"), "--epochs", "1",
            "--max-iters-per-epoch", k, "--no-eval", "--data-root", "synthetic", "--pretrained", "none",
-           "--cfg-options", f"data.synthetic.num_train={max(p.steps * 2, 8)}"]
+           "--cfg-options", f"data.synthetic.num_train={max(p.steps * 2, 8) * max(p.gpus, 1)}"]
+    if p.gpus >= 2:
+        det += ["--gpus", "0", "1"] + mp + ["--dist-url", "tcp://127.0.0.1:29516"]
+    ug_run = [py, "pretrain.py"] if p.gpus < 2 else ["./run_pretrain.sh", "./configs/unigrad.py", str(p.gpus)]
     twist_launch = [py, "-m", "torch.distributed.launch", f"--nproc_per_node={p.gpus}", "--use_env",
                     "--master_port=29519"] if p.gpus >= 2 else [py]
     return [
-        dict(name="unigrad pretrain.py", cwd="unigrad", argv=lambda: [py, "pretrain.py"] + ug),
+        dict(name="unigrad pretrain.py", cwd="unigrad", argv=lambda: ug_run + (ug if p.gpus < 2 else ug[1:])),
         dict(name="unigrad lineval.py", cwd="unigrad", argv=lambda: [
             py, "lineval.py", "--data", p.data, "-a", p.r50, "--pretrained",
             os.path.join(p.dir("unigrad"), "latest.pth.tar"), "--epochs", "1", "-b", b, "--image-size", s,
