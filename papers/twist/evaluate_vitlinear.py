@@ -103,14 +103,12 @@ def main_worker(ctx: dist.DistContext, args) -> None:
     vit = build_backbone(args.arch, img_size=args.img_size, patch_size=args.patch_size)
     if not 1 <= args.n_last_blocks <= len(vit.blocks):
         raise UserError(f"--n_last_blocks must be in 1..{len(vit.blocks)}")
-    reference = None
     if args.pretrained_weights:
         load_backbone_weights(vit, args.pretrained_weights if args.checkpoint_key == "auto" else
                               _entry(args.pretrained_weights, args.checkpoint_key), ignore=("head.", "fc."))
         print(f"=> loaded pre-trained weights from '{args.pretrained_weights}'")
     else:
         print("=> no --pretrained_weights: evaluating a randomly initialised ViT")
-    reference = {k: v.detach().clone() for k, v in vit.state_dict().items()}
     feat_dim = vit.embed_dim * (args.n_last_blocks + int(args.avgpool_patchtokens))
     model = Classifier(vit, feat_dim, args.num_labels, freeze=True,
                        features=last_blocks_features(args.n_last_blocks, args.avgpool_patchtokens))
@@ -130,6 +128,9 @@ def main_worker(ctx: dist.DistContext, args) -> None:
                     make_optimizer=lambda m: torch.optim.SGD(m.fc.parameters(), lr=lr, momentum=0.9,
                                                              weight_decay=0))
     model, wrapped, optimizer = run.model, run.wrapped, run.optimizer
+    # the frozen backbone as DDP broadcast it (rank 0's): the sanity check's reference on every rank (taken
+    # before setup_run, a rank other than 0 compared rank 0's weights with its own random start and failed)
+    reference = {k: v.detach().clone() for k, v in model.backbone.state_dict().items()}
     out_dir = os.path.join(args.output_dir, "linear_vit")
     best = train_classifier(model, wrapped, optimizer, train_loader, val_loader, epochs=args.epochs, out_dir=out_dir,
                ctx=ctx, val_every=args.val_freq, max_steps=args.max_steps_per_epoch or None, print_freq=20,
