@@ -80,16 +80,21 @@ def run(a, on_row=None) -> Dict:
                  "tiny": a.tiny, "recipes": {}}
     for name in names:
         torch.manual_seed(0)
-        recipe = build(name, a.tiny, a.image_size)
+        recipe = build(name, a.tiny, a.image_size, device.type)
         row: Dict = {"what": recipe.what}
         if cuda:
             recipe.model.to(device)
+            if recipe.extra.get("teacher") is not None:
+                recipe.extra["teacher"].to(device)
         if not a.input_only:
             row.update(_flop_row(name, recipe))
         if not a.flops_only and not a.input_only:
             bs = a.batch_size or (recipe.cuda_batch if cuda else recipe.extra.get("cpu_batch", CPU_BATCH))
             steps = a.steps or (CUDA_STEPS if cuda else CPU_STEPS)
             warmup = a.warmup if a.warmup is not None else (CUDA_WARMUP if cuda else CPU_WARMUP)
+            queue = recipe.extra.get("queue")
+            if queue and queue % bs:
+                raise UserError(f"--batch-size {bs}: the MoCo queue of {queue} keys needs a batch that divides it")
             t = time_recipe(recipe, bs, device, steps=steps, warmup=warmup, amp=a.amp,
                             channels_last=None if not a.no_channels_last else False)
             row.update(t)

@@ -60,7 +60,7 @@ def two_view_batch(size: int):
 UNIGRAD_TINY = ["arch=resnet_tiny", "projector_input_dim=128", "projector_hidden_dim=64", "projector_output_dim=64"]
 
 
-def unigrad(tiny: bool, size: int) -> Recipe:
+def unigrad(tiny: bool, size: int, device_type: str = "cpu") -> Recipe:
     """UniGrad (configs/unigrad.py): R50, 2048-2048-2048 projector, momentum encoder, the EMA correlation F; SGD
     as pretrain.py (lr base_lr * batch / 256, momentum 0.9, wd 1e-4)."""
     papers.package("unigrad", "unigrad_lib")
@@ -82,7 +82,7 @@ def unigrad(tiny: bool, size: int) -> Recipe:
 
 
 # ------------------------------------------------------------------------------------------------ RDM
-def rdm_simsiam(tiny: bool, size: int) -> Recipe:
+def rdm_simsiam(tiny: bool, size: int, device_type: str = "cpu") -> Recipe:
     """RDM SimSiam (seed: main_simsiam.py --fix-pred-lr --pred-type poly --sigma 1 --pred-location target):
     R50 + 3-layer projector, the spectral (SVD) predictor; SGD lr 0.05 * batch / 256, momentum 0.9, wd 1e-4,
     predictor group at a fixed lr."""
@@ -103,7 +103,7 @@ def rdm_simsiam(tiny: bool, size: int) -> Recipe:
 
 
 # ------------------------------------------------------------------------------------------------ MoCo + A/U
-def moco_au(tiny: bool, size: int) -> Recipe:
+def moco_au(tiny: bool, size: int, device_type: str = "cpu") -> Recipe:
     """main_moco.py defaults: MoCo R50, dim 128, queue 65536, m 0.999, loss 3 * align(alpha 2) + unif(t 3),
     MoCo v1 augmentation; SGD lr 0.03, momentum 0.9, wd 1e-4."""
     papers.package("align_uniform", "au_lib")
@@ -130,17 +130,17 @@ VITS_SEED = ["--backbone", "vit_s", "--batch-size", "64", "--bunch-size", "256",
              "--weight_decay", "0.06", "--weight_decay_end", "0.12"]
 
 
-def _twist(name: str, what: str, argv: List[str], size: int) -> Recipe:
+def _twist(name: str, what: str, argv: List[str], size: int, device_type: str = "cpu") -> Recipe:
     papers.package("twist", "twist_lib")
     from twist_lib import builder
     from twist_lib.config import get_args_parser
     from twist_lib.model import TwistMethod, ema_update
 
     args = builder.finalize_args(get_args_parser().parse_args(argv + ["--img_size", str(size)]), 1)
-    model = builder.build_twist(args)
+    model = builder.build_twist(args, device_type)  # SyncBatchNorm on CUDA as train.py (plain BN in 1 process)
     teacher = None
     if args.use_momentum_encoder:
-        teacher = builder.build_twist(args)
+        teacher = builder.build_twist(args, device_type)
         teacher.load_state_dict(model.state_dict())
         for p in teacher.parameters():
             p.requires_grad_(False)
@@ -178,20 +178,21 @@ def _twist(name: str, what: str, argv: List[str], size: int) -> Recipe:
                   extra={"teacher": teacher})
 
 
-def twist_r50(tiny: bool, size: int) -> Recipe:
+def twist_r50(tiny: bool, size: int, device_type: str = "cpu") -> Recipe:
     """TWIST R50 (train.py defaults: LARS, 4096-class head) with 2 x 224 + 6 x 96 crops."""
     tiny_args = ["--backbone", "resnet_tiny", "--dim", "64", "--hid_dim", "64"] if tiny else []
-    return _twist("twist_r50", "TWIST R50 2x224 + 6x96 multi-crop", tiny_args + ["--local_crops_number", "6"], size)
+    return _twist("twist_r50", "TWIST R50 2x224 + 6x96 multi-crop", tiny_args + ["--local_crops_number", "6"], size,
+                  device_type)
 
 
-def twist_vits(tiny: bool, size: int) -> Recipe:
+def twist_vits(tiny: bool, size: int, device_type: str = "cpu") -> Recipe:
     """TWIST ViT-S/16, the seed's DeiT-S command (AdamW, EMA teacher, clip 3.0, 2 x 224 + 6 x 96)."""
     argv = list(VITS_SEED)
     if tiny:  # ViT-T/4 on 28 px crops (12 px local crops): both multiples of the patch
         argv[1] = "vit_t"
         argv += ["--dim", "64", "--hid_dim", "64", "--patch-size", "4"]
         size = 28 if size == 32 else size
-    return _twist("twist_vits", "TWIST ViT-S/16 2x224 + 6x96, EMA teacher", argv, size)
+    return _twist("twist_vits", "TWIST ViT-S/16 2x224 + 6x96, EMA teacher", argv, size, device_type)
 
 
 # ------------------------------------------------------------------------------------------------ Mask R-CNN
@@ -206,7 +207,7 @@ def det_input(img):
     return x.flip(-1) if torch.rand(()) < 0.5 else x
 
 
-def mask_rcnn(tiny: bool, size: int) -> Recipe:
+def mask_rcnn(tiny: bool, size: int, device_type: str = "cpu") -> Recipe:
     """Mask R-CNN R50-FPN (the MoCo v2 1x config: SGD 0.02 for 16 images, momentum 0.9, wd 1e-4), COCO-sized
     640 x 480 images with 4 boxes + masks each; one 'pair' here is one image."""
     from tools.det.config import grad_clip, load_config, scaled_lr
@@ -252,16 +253,17 @@ def mask_rcnn(tiny: bool, size: int) -> Recipe:
                   cuda_batch=2, extra={"channels_last": False, "cpu_batch": 1})
 
 
-BUILDERS: Dict[str, Callable[[bool, int], Recipe]] = {
+BUILDERS: Dict[str, Callable[..., Recipe]] = {
     "unigrad": unigrad, "rdm_simsiam": rdm_simsiam, "moco_au": moco_au, "twist_r50": twist_r50,
     "twist_vits": twist_vits, "mask_rcnn": mask_rcnn,
 }
 
 
-def build(name: str, tiny: bool = False, size: Optional[int] = None) -> Recipe:
+def build(name: str, tiny: bool = False, size: Optional[int] = None, device_type: str = "cpu") -> Recipe:
+    """The recipe ``name``; ``device_type`` is where it will run (TWIST builds SyncBatchNorm on CUDA)."""
     if name not in BUILDERS:
         raise UserError(f"unknown recipe '{name}' (choose {', '.join(BUILDERS)} or all)")
-    recipe = BUILDERS[name](tiny, size or (32 if tiny else 224))
+    recipe = BUILDERS[name](tiny, size or (32 if tiny else 224), device_type)
     if tiny:
         recipe.what = "tiny stand-in for: " + recipe.what
     return recipe
