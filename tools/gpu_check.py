@@ -20,7 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Callable, Dict, List, Optional
+from typing import Dict, List, Optional
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 PAPERS = os.path.join(REPO, "papers")
@@ -120,8 +120,9 @@ def entries(p: Plan) -> List[Dict]:
            "--clip_norm", "3.0",
            "--lam1", "-0.6", "--lam2", "1.0", "--act", "gelu", "--optim", "admw", "--use_momentum_encoder", "1",
            "--lr", "0.0003", "--weight_decay", "0.06", "--weight_decay_end", "0.12",
-           "--local_crops_number", "0" if t else "6"] + (["--dim", "16", "--hid_dim", "32", "--amp", "0", "--patch-size", "4"]
-                                                     if t else [])
+           "--local_crops_number", "0" if t else "6"]
+    if t:
+        vit += ["--dim", "16", "--hid_dim", "32", "--amp", "0", "--patch-size", "4"]
     det_cfg = os.path.join(PAPERS, "selfsup_det", "configs",
                            "synthetic_tiny.py" if t else "mask_rcnn_r50_fpn_mocov2-pretrain_1x_coco.py")
     det = [os.path.join(REPO, "tools", "train_det.py"), det_cfg, "--work-dir", p.dir("det"), "--epochs", "1",
