@@ -144,3 +144,31 @@ def test_vicreg_grad_matches_loop_and_autograd():
     L = 2 * (-(uu * pos).sum(1) + lam / (2 * B) * (((uu - mu) @ bc.t()) ** 2).sum(1)).sum()
     L.backward()
     assert torch.allclose(uu.grad, g)
+
+
+def test_forms_keep_the_feature_dtype_under_bf16_autocast_inputs():
+    """Under AMP the features are bf16/fp16 while F stays fp32: each form returns the features' dtype and the
+    value of its fp64 formula (softmax taken in fp32)."""
+    u, m = unit(6, 5, 0), unit(6, 5, 1)
+    keys, queue = unit(12, 5, 2), unit(7, 5, 3)
+    F = torch.from_numpy(np_corr(unit(40, 5, 4), unit(40, 5, 5))).float()
+    ref = {"unigrad": -m + 100 * (u @ F.double()),
+           "simclr": (-m + torch.softmax(u @ keys.t() / 0.2, 1) @ keys) / 0.2}
+    logits = torch.cat([(u * m).sum(1, keepdim=True), u @ queue.t()], 1) / 0.2
+    s = torch.softmax(logits, 1)
+    ref["moco"] = (-m + s[:, :1] * m + s[:, 1:] @ queue) / 0.2
+    ub, mb, kb, qb = (x.to(torch.bfloat16) for x in (u, m, keys, queue))
+    got = {"unigrad": grads.unigrad_grad(ub, mb, F, 100.0), "simclr": grads.contrastive_grad(ub, mb, kb, 0.2),
+           "moco": grads.moco_grad(ub, mb, qb, 0.2)}
+    for k, g in got.items():
+        assert g.dtype == torch.bfloat16, k
+        assert torch.allclose(g.double(), ref[k], rtol=0.05, atol=0.05 * ref[k].abs().max().item()), k
+
+
+def test_batch_correlation_is_averaged_over_ranks_by_default(monkeypatch):
+    """F_hat is all-reduced (mean over ranks) unless reduce=False; a stand-in all-reduce returns 3 F_hat."""
+    t1, t2 = unit(6, 4, 0), unit(6, 4, 1)
+    local = torch.from_numpy(np_corr(t1, t2))
+    monkeypatch.setattr(grads.dist, "all_reduce_mean", lambda f: 3 * f)
+    assert torch.allclose(grads.batch_correlation(t1, t2), 3 * local)
+    assert torch.allclose(grads.batch_correlation(t1, t2, reduce=False), local)
