@@ -75,7 +75,7 @@ def cli_main(fn):
             if any(m in text for m in PEER_LOST):
                 rank = os.environ.get("RANK")
                 sys.stderr.write(f"{f'rank {rank}: ' if rank else ''}stopping: another process of this run "
-                                 f"ended first (its error line says why)\n")
+                                 f"ended first (its own output says why: an error line, or a kill)\n")
                 sys.stderr.flush()
                 sys.exit(2)
             raise
