@@ -82,3 +82,38 @@ def test_unigrad_knn_eval_names_the_missing_model_entry(tmp_path):
     assert r.stderr.strip().splitlines()[-1] == \
         f"error: checkpoint '{ck}' has no 'model' entry (keys: ['state_dict'])"
     assert "Traceback" not in r.stderr
+
+
+def test_peer_lost_rank_exits_2_without_an_error_line(monkeypatch, capsys):
+    from core.errors import cli_main
+
+    monkeypatch.setenv("RANK", "0")
+
+    @cli_main
+    def lost():
+        raise RuntimeError("[gloo/transport/tcp/pair.cc:561] Connection closed by peer [127.0.0.1]:3971")
+
+    with pytest.raises(SystemExit) as e:
+        lost()
+    assert e.value.code == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "rank 0: stopping: another process of this run ended first (its own output says why: an error line, "
+        "or a kill)"]
+
+    class Exited(Exception):  # torch.multiprocessing's ProcessExitedException carries exit_code
+        exit_code = 2
+
+    @cli_main
+    def spawned():
+        raise Exited("process 1 terminated with exit code 2")
+
+    with pytest.raises(SystemExit) as e:
+        spawned()
+    assert e.value.code == 2 and capsys.readouterr().err == ""  # the child printed its own line
+
+    @cli_main
+    def other():
+        raise RuntimeError("a real bug")
+
+    with pytest.raises(RuntimeError, match="a real bug"):  # anything else keeps its traceback
+        other()
