@@ -182,3 +182,27 @@ def test_lars_group_without_our_keys_uses_defaults():
     opt.step()
     ratio = 0.001 * 5.0 / (1.0 + 1e-8)
     assert p.detach().tolist() == pytest.approx([wi - 0.1 * gi * ratio for wi, gi in zip(w, g)], rel=1e-12)
+
+
+def test_param_groups_weight_decay_and_2d_weights():
+    """2-D weights (Linear) are decayed at the given weight decay; only 1-D / .bias go to no_decay."""
+    model = nn.Sequential(nn.Linear(3, 4), nn.LayerNorm(4))
+    groups = {g["name"]: g for g in param_groups(model, 0.05)}
+    assert groups["decay"]["weight_decay"] == 0.05 and groups["decay"]["params"] == [model[0].weight]
+    assert [id(p) for p in groups["no_decay"]["params"]] == [id(model[0].bias), id(model[1].weight), id(model[1].bias)]
+
+
+def test_schedule_edges_by_hand():
+    from core.optim.schedules import twist_warmup_epochs
+
+    # pl_bolts: 2 warm-up steps from the default start 0 reach base at step 1; cosine over span 1 ends at min
+    assert warmup_cosine(0, 3, 2, 1.0) == 0.0 and warmup_cosine(1, 3, 2, 1.0) == 1.0
+    assert warmup_cosine(3, 3, 2, 1.0, min_lr=0.1) == pytest.approx(0.1)
+    assert warmup_cosine(5, 10, 0, 1.0, min_lr=0.2) == pytest.approx(0.2 + 0.5 * 0.8 * (1 + math.cos(math.pi / 2)))
+    # UniGrad warm-up: (max - min) * step / Tw + min with min = 1e-3 max
+    assert unigrad_lr(1, 100, 4, 2.0) == pytest.approx((2.0 - 2e-3) * 1 / 4 + 2e-3)
+    # DINO cosine_scheduler: warm-up from the default 0; one warm-up iteration is linspace(0, base, 1) = [0]
+    assert cosine_scheduler(1.0, 0.0, 2, 2, warmup_epochs=1).tolist() == pytest.approx([0.0, 1.0, 1.0, 0.5])
+    assert cosine_scheduler(1.0, 0.0, 2, 1, warmup_epochs=1).tolist() == pytest.approx([0.0, 1.0])
+    # TWIST forced warm-up: 3 epochs up to 20, 5 up to 50, else 10
+    assert [twist_warmup_epochs(e) for e in (20, 21, 50, 51)] == [3, 5, 5, 10]
