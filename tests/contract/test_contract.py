@@ -182,3 +182,21 @@ def test_f_user_error_on_rank_1_only(name, tmp_path):
     errors = [ln for r in res for ln in r.stderr.splitlines() if ln.startswith("error:")]
     assert errors == ["error: injected fault on rank 1 at step 0"], tail(res)
     assert not any("Traceback" in r.stderr for r in res), tail(res)
+
+
+SPAWN = {"rdm/main_simsiam": ["--multiprocessing-distributed", "--dist-url", "env://"],
+         "align_uniform/main_moco": ["--multiprocessing-distributed", "--world-size", "1", "--rank", "0",
+                                     "--dist-url", "env://"]}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(SPAWN))
+def test_f_user_error_on_rank_1_of_a_spawned_run(name, tmp_path):
+    """The same with the script's own --multiprocessing-distributed (2 CPU processes spawned by the script):
+    the launching process prints the one error line and exits with 2."""
+    res = run(BY_NAME[name], str(tmp_path), extra=SPAWN[name], timeout=300,
+              env={"SSL_CPU_PROCS": "2", "SSL_ENGINE_FAULT": "1:0", "SSL_DIST_TIMEOUT": "120"})
+    assert res[0].returncode == 2, tail(res)
+    errors = [ln for ln in res[0].stderr.splitlines() if ln.startswith("error:")]
+    assert errors == ["error: injected fault on rank 1 at step 0"], tail(res)
+    assert "Traceback" not in res[0].stderr, tail(res)
