@@ -62,8 +62,12 @@ def worker(rank, port, q):
                 g /= WORLD
             out.append((loss, gw.numpy(), gb.numpy()))
         q.put((rank, out))
-    finally:
+    except BaseException:
         dist.destroy_process_group()
+        raise
+    from core.dist import leave_process_group
+
+    leave_process_group()  # core.dist's teardown-abort fix (barriers, then destroy)
 
 
 def free_port():

@@ -42,8 +42,12 @@ def run(rank, world, port, out):
     try:
         res = {"bn": _bn(rank, world), "model": _model(rank, world)}
         torch.save(res, os.path.join(out, f"rank{rank}.pt"))
-    finally:
+    except BaseException:
         tdist.destroy_process_group()
+        raise
+    from core.dist import leave_process_group
+
+    leave_process_group()  # core.dist's teardown-abort fix (barriers, then destroy)
 
 
 def _bn(rank, world):
