@@ -61,6 +61,8 @@ def _check(a) -> None:
 def _fmt(v, nd=1) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "-"
+    if isinstance(v, float) and abs(v) < 10:
+        nd = 3
     return f"{v:,.{nd}f}" if isinstance(v, float) else str(v)
 
 
