@@ -172,3 +172,20 @@ def test_batch_correlation_is_averaged_over_ranks_by_default(monkeypatch):
     monkeypatch.setattr(grads.dist, "all_reduce_mean", lambda f: 3 * f)
     assert torch.allclose(grads.batch_correlation(t1, t2), 3 * local)
     assert torch.allclose(grads.batch_correlation(t1, t2, reduce=False), local)
+
+
+def test_fp32_promotion_and_directpred_dtypes():
+    """_f32: bf16 -> fp32, fp64 kept; DirectPred with an fp32 F returns the features' dtype (bf16 or fp64) and
+    the fp64 formula's value; normalize is the row-wise L2 normalisation."""
+    assert grads._f32(torch.ones(2, dtype=torch.bfloat16)).dtype == torch.float32
+    assert grads._f32(torch.ones(2, dtype=torch.float64)).dtype == torch.float64
+    u, m = unit(6, 5, 0), unit(6, 5, 1)
+    F64 = np_corr(unit(40, 5, 2), unit(40, 5, 3))
+    ref = torch.from_numpy(np_directpred(u.numpy(), m.numpy(), F64, 0.3))
+    F32 = torch.from_numpy(F64).float()
+    g64 = grads.directpred_grad(u, m, F32, 0.3)
+    assert g64.dtype == torch.float64 and torch.allclose(g64, ref, atol=1e-4)
+    g16 = grads.directpred_grad(u.to(torch.bfloat16), m.to(torch.bfloat16), F32, 0.3)
+    assert g16.dtype == torch.bfloat16 and torch.allclose(g16.double(), ref, atol=0.05 * ref.abs().max().item())
+    x = torch.tensor([[3.0, 4.0], [0.0, 2.0]])
+    assert torch.allclose(grads.normalize(x), torch.tensor([[0.6, 0.8], [0.0, 1.0]]))
