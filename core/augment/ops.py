@@ -3,8 +3,10 @@ from __future__ import annotations
 
 from typing import Callable, List, Sequence
 
+import numpy as np
 import torch
 from PIL import Image, ImageFilter, ImageOps
+from torchvision import tv_tensors
 from torchvision.transforms import v2 as T
 from torchvision.transforms.v2 import functional as TF
 
@@ -80,3 +82,29 @@ class ColorJitter(T.ColorJitter):
         if self.fast_hue and functional is TF.adjust_hue and isinstance(inpt, Image.Image) and inpt.mode == "RGB":
             return adjust_hue_pil(inpt, *args, **kwargs)
         return super()._call_kernel(functional, inpt, *args, **kwargs)
+
+
+class ToNormalizedTensor:
+    """``ToImage`` + ``ToDtype(float32, scale=True)`` + ``Normalize(mean, std)`` in one step: for a PIL RGB image
+    each channel is a lookup into a 256-entry table that these three torchvision transforms computed once on
+    every byte value (elementwise IEEE operations, so the result is bit-identical; about 2x faster). Other
+    inputs go through the three transforms."""
+
+    fast = True  # class switch: False = the three torchvision transforms (for before/after timings)
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]):
+        self.mean, self.std = list(mean), list(std)
+        self.slow = T.Compose([T.ToImage(), T.ToDtype(torch.float32, scale=True), T.Normalize(self.mean, self.std)])
+        ramp = torch.arange(256, dtype=torch.uint8).view(1, 1, 256).expand(3, 1, 256).contiguous()
+        self.lut = self.slow(tv_tensors.Image(ramp)).reshape(3, 256).numpy().copy()
+
+    def __call__(self, img):
+        if not (self.fast and isinstance(img, Image.Image) and img.mode == "RGB"):
+            return self.slow(img)
+        out = np.empty((3, img.height, img.width), np.float32)
+        for c, plane in enumerate(img.split()):
+            np.take(self.lut[c], np.asarray(plane), out=out[c])
+        return tv_tensors.Image(torch.from_numpy(out))
+
+    def __repr__(self) -> str:
+        return f"ToNormalizedTensor(mean={self.mean}, std={self.std})"

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 from typing import Optional, Tuple
 
-import torch
 from torchvision.transforms import v2 as T
 from torchvision.transforms import InterpolationMode
 
-from core.augment.ops import ColorJitter, Equalize, GaussianBlur, MultiView, Solarize
+from core.augment.ops import ColorJitter, Equalize, GaussianBlur, MultiView, Solarize, ToNormalizedTensor
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -26,8 +25,9 @@ BILINEAR = InterpolationMode.BILINEAR
 
 
 def to_tensor_normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD):
-    """``ToTensor`` + ``Normalize`` in the v2 API."""
-    return [T.ToImage(), T.ToDtype(torch.float32, scale=True), T.Normalize(mean, std)]
+    """``ToTensor`` + ``Normalize`` (v2 ``ToImage``, ``ToDtype(float32, scale=True)``, ``Normalize``), as one
+    bit-identical table lookup for PIL RGB images (:class:`core.augment.ops.ToNormalizedTensor`)."""
+    return [ToNormalizedTensor(mean, std)]
 
 
 def local_size(size: int, base_global: int = 224, base_local: int = 96) -> int:

@@ -38,8 +38,9 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--flops-only", action="store_true", help="print the FLOP table only (no timing)")
     p.add_argument("--no-input", action="store_true", help="skip the input-pipeline measurement")
     p.add_argument("--input-only", action="store_true", help="only the input pipeline (no model step)")
-    p.add_argument("--torchvision-hue", action="store_true",
-                   help="input pipeline with torchvision's PIL hue instead of core.augment.hue (the 'before')")
+    p.add_argument("--torchvision-ops", action="store_true",
+                   help="input pipeline with torchvision's PIL hue and ToImage/ToDtype/Normalize instead of "
+                        "core.augment's exact fast versions (the 'before')")
     p.add_argument("--workers", type=int, default=None, help="DataLoader workers for the input side (default: "
                                                              "all CPU cores)")
     p.add_argument("--images", type=int, default=None, help="JPEGs in the temporary ImageFolder (default 16 on "
@@ -113,15 +114,15 @@ def run(a, on_row=None) -> Dict:
         if cuda:
             torch.cuda.empty_cache()
     if not a.flops_only and not a.no_input:
-        from core.augment.ops import ColorJitter
+        from core.augment.ops import ColorJitter, ToNormalizedTensor
 
-        ColorJitter.fast_hue = not a.torchvision_hue
+        ColorJitter.fast_hue = ToNormalizedTensor.fast = not a.torchvision_ops
         if on_row is not None:
             on_row(None, None)
         try:
             out["input"] = measure_inputs(out["recipes"], a, cuda)
         finally:
-            ColorJitter.fast_hue = True
+            ColorJitter.fast_hue = ToNormalizedTensor.fast = True
     for row in out["recipes"].values():
         row.pop("transform", None)
     return out
@@ -131,7 +132,7 @@ def measure_inputs(rows: Dict, a, cuda: bool) -> Dict:
     workers = a.workers if a.workers is not None else (os.cpu_count() or 1)
     n = a.images or (128 if cuda else 16)
     res = {"workers": workers, "images": n, "recipes": {},
-           "hue": "torchvision PIL" if a.torchvision_hue else "core.augment.hue"}
+           "hue": "torchvision ops" if a.torchvision_ops else "core.augment fast hue + normalize"}
     with tempfile.TemporaryDirectory(prefix="bench_jpeg_") as root:
         files = I.make_jpeg_folder(root, n)
         for name, row in rows.items():
@@ -179,7 +180,7 @@ def print_row(name: str, r: Dict, cuda: bool, a) -> None:
 def print_input(inp: Dict) -> None:
     w = inp["workers"]
     print(f"\ninput pipeline: {inp['images']} JPEGs 500x375 (quality 90), decode + the recipe's augmentation "
-          f"(hue: {inp['hue']}); {w} DataLoader workers")
+          f"({inp['hue']}); {w} DataLoader workers")
     print(f"| recipe | decode ms | augment ms | pairs/s per core | pairs/s with {w} workers | model pairs/s | "
           "workers needed | bottleneck |\n|---|---|---|---|---|---|---|---|")
     for name, r in inp["recipes"].items():

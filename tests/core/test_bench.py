@@ -176,3 +176,20 @@ def test_color_jitter_same_draws_same_output_as_torchvision():
     a = fast(t)
     torch.manual_seed(0)
     assert torch.equal(a, slow(t))
+
+
+def test_to_normalized_tensor_equals_the_three_torchvision_transforms():
+    from torchvision import tv_tensors
+
+    from core.augment.ops import ToNormalizedTensor
+
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    fast = ToNormalizedTensor(mean, std)
+    slow = T.Compose([T.ToImage(), T.ToDtype(torch.float32, scale=True), T.Normalize(list(mean), list(std))])
+    g = np.random.default_rng(0)
+    for img in (Image.fromarray(g.integers(0, 256, (31, 17, 3), dtype=np.uint8)),
+                Image.fromarray(np.arange(256, dtype=np.uint8).repeat(3).reshape(16, 16, 3))):
+        a, b = fast(img), slow(img)
+        assert isinstance(a, tv_tensors.Image) and a.dtype == torch.float32 and torch.equal(a, b)
+    gray = Image.fromarray(g.integers(0, 256, (8, 8), dtype=np.uint8))  # other modes: the slow path
+    assert torch.equal(fast(gray), slow(gray)) and fast.mean == list(mean) and fast.std == list(std)
