@@ -6,8 +6,9 @@ features (``all_gather_grad``: an all-gather whose backward is a gloo all-to-all
 synchronised BN (all-reduces in forward and backward), then leave in one of three ways:
 
 * ``destroy``: ``destroy_process_group()`` and a normal interpreter exit (the code before any workaround);
-* ``exit``: ``destroy_process_group()`` then ``os._exit(0)`` (HEAD's workaround: no interpreter teardown);
-* ``leave``: ``core.dist.leave_process_group()`` (two barriers, then destroy) and a normal exit (the fix).
+* ``exit``: ``destroy_process_group()`` then ``os._exit(0)`` (``core.dist.exit_spawned_worker``, the fix kept:
+  no interpreter teardown);
+* ``leave``: two barriers, then destroy, and a normal exit (a candidate fix, rejected: it aborted too).
 
 A run fails when spawn reports a non-zero exit of either process (the abort is SIGABRT: "terminate called
 without an active exception").
@@ -70,10 +71,10 @@ def _entry(rank: int, world: int, port: int, mode: str) -> None:
     if os.environ.get("REPRO_SLOW_THREADS"):
         _lower_other_threads()
     _work(rank, world)
-    if mode == "leave":
-        from core.dist import leave_process_group
-
-        leave_process_group()
+    if mode == "leave":  # the candidate fix that was measured and rejected: barriers, destroy, normal exit
+        tdist.barrier()
+        tdist.barrier()
+        tdist.destroy_process_group()
         return
     tdist.destroy_process_group()
     if mode == "exit":

@@ -179,41 +179,36 @@ def _run(fn: Callable, args, rank: int, local_rank: int, world_size: int, dist_u
     setup_for_distributed(rank == 0)
     try:
         fn(DistContext(rank, local_rank, world_size, device), args)
-    except BaseException:
-        if is_dist():  # no barrier: the other ranks may never reach it
-            dist.destroy_process_group()
-        raise
-    leave_process_group()
-
-
-def leave_process_group() -> None:
-    """Leave the default process group at the end of a run so that the process exits cleanly; every launch
-    style (spawned, torchrun, tests) calls it, and the interpreter then exits normally (atexit, flushes).
-
-    Probable cause of the teardown abort ("terminate called without an active exception", SIGABRT after all work
-    is done; seen under full-suite load, not yet reproduced by ``tools/teardown_repro.py``): a gloo run-loop
-    thread frees a finished work item only after ``wait()`` has returned to Python. The item keeps the issuing
-    thread's ``at::ThreadLocalState``; for a collective issued during autograd backward (``all_gather_grad``'s
-    backward all-to-all) that state holds a Python object, so freeing it takes the GIL. When that happens after
-    interpreter finalization has begun, CPython ends the asking thread with ``pthread_exit``; the forced unwind
-    crosses a ``noexcept`` destructor and ``std::terminate`` aborts. Two barriers first: each waits with the GIL
-    released, and enqueueing the second one needs the run-loop queue lock, which a run-loop thread holds while
-    it frees an item; so afterwards no run-loop thread owes Python anything and finalization is safe. Call it on
-    every rank, on the success path only.
-    """
-    if not is_dist():
-        return
-    try:
-        dist.barrier()
-        dist.barrier()
     finally:
-        dist.destroy_process_group()
+        if is_dist():
+            dist.destroy_process_group()
 
 
 def _worker(local_rank: int, fn: Callable, args, node_rank: int, nprocs: int, world_size: int,
             dist_url: str, backend: Optional[str], gpus) -> None:
     """Entry of a spawned process: its global rank is ``node_rank * nprocs + local_rank``."""
     _run(fn, args, node_rank * nprocs + local_rank, local_rank, world_size, dist_url, backend, gpus)
+    exit_spawned_worker()
+
+
+def exit_spawned_worker(code: int = 0) -> None:
+    """End a spawned worker that finished cleanly, without interpreter teardown.
+
+    After ``destroy_process_group`` gloo's threads can still be alive while the interpreter finalizes; the
+    process then aborts ("terminate called without an active exception", SIGABRT) although its work is done,
+    and ``torch.multiprocessing.spawn`` reports a failure. Two barriers before the destroy do not prevent it
+    (``tools/teardown_repro.py leave`` with gloo's threads at low priority aborted too). A worker that has returned has nothing left to run at exit (its results are on disk, logs flushed here), so
+    it leaves with ``os._exit``. Errors still propagate normally, before this is reached. Used by
+    :func:`launch`'s spawned workers, :func:`core.dist.testing.run_ranks` and the tests' own workers.
+    """
+    import sys as _sys
+
+    for stream in (_sys.stdout, _sys.stderr):
+        try:
+            stream.flush()
+        except Exception:
+            pass
+    os._exit(code)
 
 
 def launch(fn: Callable[[DistContext, object], None], args, *, multiprocessing_distributed: bool = False,

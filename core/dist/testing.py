@@ -10,18 +10,17 @@ import torch.distributed as tdist
 
 
 def _entry(rank: int, fn: Callable, world_size: int, port: int, folder: str, args: tuple) -> None:
-    from core.dist import leave_process_group
-
     os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
     torch.set_num_threads(1)
     tdist.init_process_group("gloo", rank=rank, world_size=world_size)
     try:
         out = fn(rank, world_size, *args)
         torch.save(out, os.path.join(folder, f"{rank}.pt"))
-    except BaseException:
+    finally:
         tdist.destroy_process_group()
-        raise
-    leave_process_group()  # the teardown-abort fix, see its docstring
+    from core.dist import exit_spawned_worker
+
+    exit_spawned_worker()  # see its docstring: no interpreter teardown with gloo threads alive
 
 
 def run_ranks(fn: Callable[..., Any], world_size: int = 2, *args) -> List[Any]:

@@ -62,12 +62,9 @@ def worker(rank, port, q):
                 g /= WORLD
             out.append((loss, gw.numpy(), gb.numpy()))
         q.put((rank, out))
-    except BaseException:
+    finally:
         dist.destroy_process_group()
-        raise
-    from core.dist import leave_process_group
-
-    leave_process_group()  # core.dist's teardown-abort fix (barriers, then destroy)
+    # a fork-context child: multiprocessing ends it with os._exit after this returns (no interpreter teardown)
 
 
 def free_port():

@@ -42,12 +42,11 @@ def run(rank, world, port, out):
     try:
         res = {"bn": _bn(rank, world), "model": _model(rank, world)}
         torch.save(res, os.path.join(out, f"rank{rank}.pt"))
-    except BaseException:
+    finally:
         tdist.destroy_process_group()
-        raise
-    from core.dist import leave_process_group
+    from core.dist import exit_spawned_worker
 
-    leave_process_group()  # core.dist's teardown-abort fix (barriers, then destroy)
+    exit_spawned_worker()  # no interpreter teardown with gloo threads alive (see its docstring)
 
 
 def _bn(rank, world):

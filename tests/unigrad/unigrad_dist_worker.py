@@ -15,7 +15,6 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "..", "papers", "unigrad"))
 
 import unigrad_lib.model as M  # noqa: E402
-from core.dist import leave_process_group  # noqa: E402
 from unigrad_lib.config import load_config  # noqa: E402
 
 CONFIG = os.path.join(HERE, "..", "..", "papers", "unigrad", "configs", "unigrad.py")
@@ -96,7 +95,13 @@ def worker(rank, world, store, path):
     out = run(rank, world)
     if rank == 0:
         torch.save(out, path)
-    leave_process_group()  # core.dist's teardown-abort fix (barriers, then destroy)
+    dist.barrier()
+    dist.destroy_process_group()
+    # skip interpreter teardown: under heavy load a background thread still joinable at exit occasionally
+    # made the process abort ("terminate called without an active exception") after all work was done
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":
