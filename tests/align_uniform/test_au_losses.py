@@ -160,3 +160,27 @@ def test_reference_losses_match_numpy(data):
     pairs = [np.sum((q[i] - q[j]) ** 2) for i in range(6) for j in range(i + 1, 6)]
     ref = np.log(np.mean(np.exp(-t * np.asarray(pairs))))
     assert L.uniform_loss(_t(q), t).item() == pytest.approx(ref, rel=1e-9)
+
+
+def test_combine_weights_defaults_and_errors():
+    """combine: w_c L_contr + w_a L_align + w_u L_unif with default weights 1; a zero weight skips its term (even
+    an uncomputed one); a weighted term that was not computed, or all weights zero, is an error."""
+    c, a, u = torch.tensor(2.0), torch.tensor(3.0), torch.tensor(-5.0)
+    assert L.MoCoLosses(c, None, a, u).combine().item() == 0.0  # 2 + 3 - 5
+    assert L.MoCoLosses(c, None, a, u).combine(0.5, 2.0, 0.1).item() == pytest.approx(1 + 6 - 0.5)
+    assert L.MoCoLosses(None, None, a, None).combine(0, 4, 0).item() == 12.0
+    with pytest.raises(ValueError, match="the uniform loss has weight 2 but was not computed"):
+        L.MoCoLosses(c, None, a, None).combine(1, 1, 2)
+    with pytest.raises(ValueError, match="all loss weights are zero"):
+        L.MoCoLosses(c, None, a, u).combine(0, 0, 0)
+
+
+def test_log_mean_exp_single_and_empty_and_uniform_default(data):
+    assert L.log_mean_exp(torch.tensor([0.7], dtype=torch.float64)).item() == pytest.approx(0.7, rel=1e-12)
+    with pytest.raises(ValueError, match="log_mean_exp of an empty tensor"):
+        L.log_mean_exp(torch.zeros(0))
+    q, _, queue = data
+    # eq. 18 (intra-batch pairs pooled in) is the default
+    assert L.uniform_term(_t(q), _t(queue), 2.0).item() == L.uniform_term(_t(q), _t(queue), 2.0, intra_batch=True).item()
+    assert L.uniform_term(_t(q), _t(queue), 2.0).item() != pytest.approx(
+        L.uniform_term(_t(q), _t(queue), 2.0, intra_batch=False).item(), rel=1e-6)
