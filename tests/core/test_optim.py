@@ -206,3 +206,24 @@ def test_schedule_edges_by_hand():
     assert cosine_scheduler(1.0, 0.0, 2, 1, warmup_epochs=1).tolist() == pytest.approx([0.0, 1.0])
     # TWIST forced warm-up: 3 epochs up to 20, 5 up to 50, else 10
     assert [twist_warmup_epochs(e) for e in (20, 21, 50, 51)] == [3, 5, 5, 10]
+
+
+def test_lars_defaults_are_apex_larc():
+    """LARS(params, lr) alone is apex LARC: momentum 0.9, no weight decay, eta 0.001, no clipping, every
+    parameter adapted; two steps by hand. An unknown mode is a ValueError naming the modes."""
+    w, g, lr = [3.0, 4.0], [0.6, 0.8], 0.5
+    p = _one_param(w, g)
+    opt = LARS([p], lr=lr)
+    assert opt.mode == "larc" and opt.param_groups[0]["lars_exclude"] is False
+    opt.step()
+    r1 = 0.001 * 5.0 / (1.0 + 1e-8)
+    d1 = [gi * r1 for gi in g]
+    w1 = [wi - lr * di for wi, di in zip(w, d1)]
+    assert p.detach().tolist() == pytest.approx(w1, rel=1e-12)
+    p.grad = torch.tensor(g, dtype=torch.float64)
+    opt.step()
+    r2 = 0.001 * _norm(w1) / (1.0 + 1e-8)
+    assert p.detach().tolist() == pytest.approx([wi - lr * (0.9 * a + gi * r2) for wi, a, gi in zip(w1, d1, g)],
+                                                rel=1e-12)
+    with pytest.raises(ValueError, match=r"LARS mode must be one of \('larc', 'solo', 'openself'\), got 'sgd'"):
+        LARS([p], lr=lr, mode="sgd")
