@@ -227,3 +227,23 @@ def test_lars_defaults_are_apex_larc():
                                                 rel=1e-12)
     with pytest.raises(ValueError, match=r"LARS mode must be one of \('larc', 'solo', 'openself'\), got 'sgd'"):
         LARS([p], lr=lr, mode="sgd")
+
+
+def test_apply_weight_decay_and_lr_scale():
+    """apply_weight_decay sets the named groups only ('decay' by default; an unnamed group 0 counts as
+    'decay'); apply_lr multiplies by lr_scale and gives fix_lr groups init_lr or their initial_lr."""
+    from core.optim import apply_weight_decay
+
+    a, b, c = (nn.Parameter(torch.zeros(1)) for _ in range(3))
+    opt = torch.optim.SGD([{"params": [a]}, {"params": [b], "name": "no_decay", "weight_decay": 0.0},
+                           {"params": [c], "name": "head", "weight_decay": 0.3}], lr=0.1, weight_decay=0.5)
+    apply_weight_decay(opt, 0.04)
+    assert [g["weight_decay"] for g in opt.param_groups] == [0.04, 0.0, 0.3]
+    apply_weight_decay(opt, 0.07, group_names=("head", "no_decay"))
+    assert [g["weight_decay"] for g in opt.param_groups] == [0.04, 0.07, 0.07]
+    opt.param_groups[1]["lr_scale"] = 0.5
+    opt.param_groups[2].update(fix_lr=True, initial_lr=0.3)
+    apply_lr(opt, 0.2)
+    assert [g["lr"] for g in opt.param_groups] == [0.2, 0.1, 0.3]
+    apply_lr(opt, 0.2, init_lr=0.9)
+    assert opt.param_groups[2]["lr"] == 0.9
