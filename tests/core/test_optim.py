@@ -225,7 +225,7 @@ def test_lars_defaults_are_apex_larc():
     r2 = 0.001 * _norm(w1) / (1.0 + 1e-8)
     assert p.detach().tolist() == pytest.approx([wi - lr * (0.9 * a + gi * r2) for wi, a, gi in zip(w1, d1, g)],
                                                 rel=1e-12)
-    with pytest.raises(ValueError, match=r"LARS mode must be one of \('larc', 'solo', 'openself'\), got 'sgd'"):
+    with pytest.raises(ValueError, match=r"^LARS mode must be one of \('larc', 'solo', 'openself'\), got 'sgd'$"):
         LARS([p], lr=lr, mode="sgd")
 
 
