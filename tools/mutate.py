@@ -56,9 +56,9 @@ def relocate_paper(work: str, only: list) -> tuple:
     paper = only[0].split("/")[1]
     os.rename(os.path.join(work, "papers", paper), os.path.join(work, "src"))
     os.symlink(os.path.join("..", "src"), os.path.join(work, "papers", paper))
-    lookup = {os.path.join("tests", "paper_import.py"): ('return os.path.join(REPO, "papers", paper)',
-                                                         f'return os.path.join(REPO, "src") if paper == '
-                                                         f'"{paper}" else os.path.join(REPO, "papers", paper)'),
+    lookup = {os.path.join("core", "paper_import.py"): ('return os.path.join(REPO, "papers", paper, *rel)',
+                                                        f'return os.path.join(REPO, "src", *rel) if paper == '
+                                                        f'"{paper}" else os.path.join(REPO, "papers", paper, *rel)'),
               os.path.join("tests", "twist", "conftest.py"): ('"..", "..", "papers", "twist"', '"..", "..", "src"')}
     for rel, (a, b) in lookup.items():
         path = os.path.join(work, rel)

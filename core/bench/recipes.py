@@ -15,7 +15,7 @@ import torch.nn as nn
 
 from core.augment import MultiView, moco_v1, moco_v2
 from core.augment.recipes import local_size
-from core.bench import papers
+from core.paper_import import load_script, paper_dir, register_package
 from core.errors import UserError
 
 
@@ -63,12 +63,12 @@ UNIGRAD_TINY = ["arch=resnet_tiny", "projector_input_dim=128", "projector_hidden
 def unigrad(tiny: bool, size: int, device_type: str = "cpu") -> Recipe:
     """UniGrad (configs/unigrad.py): R50, 2048-2048-2048 projector, momentum encoder, the EMA correlation F; SGD
     as pretrain.py (lr base_lr * batch / 256, momentum 0.9, wd 1e-4)."""
-    papers.package("unigrad", "unigrad_lib")
+    register_package("unigrad", "unigrad_lib")
     from unigrad_lib.config import load_config
     from unigrad_lib.model import SiameseNet
 
-    pretrain = papers.script("unigrad", "pretrain.py", "bench_unigrad_pretrain")
-    cfg = load_config(papers.paper_path("unigrad", "configs", "unigrad.py"), UNIGRAD_TINY if tiny else [])
+    pretrain = load_script("unigrad", "pretrain.py", "bench_unigrad_pretrain", cached=True)
+    cfg = load_config(paper_dir("unigrad", "configs", "unigrad.py"), UNIGRAD_TINY if tiny else [])
     model = SiameseNet(cfg)
     online = nn.Sequential(model.encoder, model.projector)
     parts = [FlopPart("encoder+projector", online, (3, size, size), 2)]
@@ -86,7 +86,7 @@ def rdm_simsiam(tiny: bool, size: int, device_type: str = "cpu") -> Recipe:
     """RDM SimSiam (seed: main_simsiam.py --fix-pred-lr --pred-type poly --sigma 1 --pred-location target):
     R50 + 3-layer projector, the spectral (SVD) predictor; SGD lr 0.05 * batch / 256, momentum 0.9, wd 1e-4,
     predictor group at a fixed lr."""
-    papers.package("rdm", "rdm_lib")
+    register_package("rdm", "rdm_lib")
     from rdm_lib.models import ImageNetSimSiam
 
     arch, dim, pred_dim = ("resnet_tiny", 64, 16) if tiny else ("resnet50", 2048, 512)
@@ -106,10 +106,10 @@ def rdm_simsiam(tiny: bool, size: int, device_type: str = "cpu") -> Recipe:
 def moco_au(tiny: bool, size: int, device_type: str = "cpu") -> Recipe:
     """main_moco.py defaults: MoCo R50, dim 128, queue 65536, m 0.999, loss 3 * align(alpha 2) + unif(t 3),
     MoCo v1 augmentation; SGD lr 0.03, momentum 0.9, wd 1e-4."""
-    papers.package("align_uniform", "au_lib")
+    register_package("align_uniform", "au_lib")
     from au_lib.config import moco_parser, resolve_loss_terms
 
-    main_moco = papers.script("align_uniform", "main_moco.py", "bench_au_main_moco")
+    main_moco = load_script("align_uniform", "main_moco.py", "bench_au_main_moco", cached=True)
     argv = ["-a", "resnet_tiny", "--moco-k", "256"] if tiny else ["-a", "resnet50"]
     args = moco_parser().parse_args(argv + ["synthetic"])
     resolve_loss_terms(args)
@@ -131,7 +131,7 @@ VITS_SEED = ["--backbone", "vit_s", "--batch-size", "64", "--bunch-size", "256",
 
 
 def _twist(name: str, what: str, argv: List[str], size: int, device_type: str = "cpu") -> Recipe:
-    papers.package("twist", "twist_lib")
+    register_package("twist", "twist_lib")
     from twist_lib import builder
     from twist_lib.config import get_args_parser
     from twist_lib.model import TwistMethod, ema_update
@@ -214,7 +214,7 @@ def mask_rcnn(tiny: bool, size: int, device_type: str = "cpu") -> Recipe:
     from tools.det.model import build_mask_rcnn
     from tools import train_det
 
-    cfg_path = papers.paper_path("selfsup_det", "configs", "synthetic_tiny.py" if tiny else DET_CONFIG)
+    cfg_path = paper_dir("selfsup_det", "configs", "synthetic_tiny.py" if tiny else DET_CONFIG)
     cfg = load_config(cfg_path)
     mcfg = train_det.model_cfg(cfg)
     model = build_mask_rcnn(mcfg, 80)
